@@ -1,0 +1,80 @@
+"""The one interface every action head inherits, and the registry that builds heads by name.
+
+Heads live entirely in normalized action space: targets and predictions are in [-1, 1]
+(min-max) or standardized units; the policy's Normalizer converts at the boundary.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.configuration import doc_field
+from core.registry import Registry
+from fusion.context import Context
+
+
+@dataclass
+class HeadConfig:
+    """Fields every head config has. Each head subclasses this with its own options."""
+
+    type: str = doc_field("", "which head: " + "diffusion | autoregressive | regression | flow")
+
+
+class ActionHead(nn.Module, ABC):
+    """Maps a fused Context to an action chunk.
+
+    Args:
+        config: the head's own config dataclass (``config_class``).
+        d_model: width of the context tokens.
+        n_queries: Q, number of state-query tokens in the context.
+        chunk_size: H, actions per predicted chunk.
+        action_dim: A, size of one action.
+    """
+
+    config_class: type[HeadConfig] = HeadConfig
+
+    def __init__(self, config: HeadConfig, d_model: int, n_queries: int, chunk_size: int, action_dim: int):
+        super().__init__()
+        self.config = config
+        self.d_model = d_model
+        self.n_queries = n_queries
+        self.chunk_size = chunk_size
+        self.action_dim = action_dim
+
+    @abstractmethod
+    def loss(self, context: Context, actions: torch.Tensor, action_is_pad: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss.
+
+        Args:
+            context: fused observation tokens, batch B.
+            actions: (B, H, A) normalized target chunk.
+            action_is_pad: (B, H) bool, True for steps past the episode end; they add no loss.
+        Returns:
+            scalar loss and a dict of float metrics for logging.
+        """
+
+    @abstractmethod
+    def predict(self, context: Context, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, H, A) normalized action chunk; deterministic for a given ``generator`` state."""
+
+
+def masked_mean(values: torch.Tensor, action_is_pad: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, H, ...) ``values`` over the steps that are not padding."""
+    keep = (~action_is_pad).to(values.dtype)
+    keep = keep.reshape(*keep.shape, *([1] * (values.dim() - keep.dim()))).expand_as(values)
+    return (values * keep).sum() / keep.sum().clamp(min=1.0)
+
+
+HEADS: Registry[ActionHead] = Registry("action head", ActionHead)
+
+
+def head_config_class(name: str) -> type[HeadConfig]:
+    """Config class for a head ``type`` (used by the strict config loader)."""
+    return HEADS.get(name).config_class
+
+
+def build_head(config: HeadConfig, d_model: int, n_queries: int, chunk_size: int, action_dim: int) -> ActionHead:
+    return HEADS.get(config.type)(config, d_model, n_queries, chunk_size, action_dim)

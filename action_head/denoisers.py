@@ -1,0 +1,234 @@
+"""Networks that map a noisy (B, H, A) action chunk, a time per sample and a condition to a
+noise (diffusion) or velocity (flow) of the same shape, plus the config fields and the builder
+that the diffusion and flow heads share.
+
+Every denoiser has the signature ``forward(x, t, cond) -> (B, H, A)`` where ``x`` is (B, H, A),
+``t`` is a float (B,) time (a diffusion step index 0..T-1, or flow time scaled to a similar
+range) and ``cond`` is (B, cond_dim).
+"""
+
+import math
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from action_head.base import HeadConfig
+from core.configuration import ConfigError, doc_field
+
+DenoiserKind = Literal["unet", "mlp"]
+DENOISER_KINDS: tuple[str, ...] = typing.get_args(DenoiserKind)
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """(B,) float times -> (B, dim) sin/cos features at geometrically spaced frequencies."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        if dim < 4 or dim % 2:
+            raise ConfigError(f"time embedding dim must be even and at least 4, got {dim}")
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        # float32 even under autocast: bf16 cannot resolve step indices near 100 at high frequency.
+        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000.0) / (half - 1)))
+        angles = t.float()[:, None] * freqs[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def _small_init(layer: nn.Conv1d | nn.Linear, scale: float = 0.1) -> None:
+    """Shrink a final layer so initial outputs are small. Not zero: a zero weight would block the
+    gradient to every earlier layer on the first backward."""
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+        layer.bias.zero_()
+
+
+def _group_norm(channels: int, n_groups: int) -> nn.GroupNorm:
+    # The largest group count <= n_groups that divides the width, so any width is valid.
+    return nn.GroupNorm(math.gcd(n_groups, channels), channels)
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d -> GroupNorm -> Mish over (B, C, L), length preserved."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            _group_norm(out_channels, n_groups),
+            nn.Mish(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class ConditionalResidualBlock1D(nn.Module):
+    """Two conv blocks with FiLM (per-channel scale and bias from ``cond``) after the first."""
+
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, kernel_size: int, n_groups: int):
+        super().__init__()
+        self.conv1 = Conv1dBlock(in_channels, out_channels, kernel_size, n_groups)
+        self.conv2 = Conv1dBlock(out_channels, out_channels, kernel_size, n_groups)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
+        self.residual = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, L), cond (B, cond_dim) -> (B, C_out, L)."""
+        scale, bias = rearrange(self.film(cond), "b (two c) -> two b c 1", two=2)
+        # 1 + scale: an untrained block modulates around identity instead of near zero.
+        out = self.conv1(x) * (1 + scale) + bias
+        return self.conv2(out) + self.residual(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """The Diffusion Policy 1-D U-Net (Chi et al. 2023): convolution over the chunk's time axis,
+    FiLM-conditioned on concat(time embedding, global condition).
+
+    Args:
+        action_dim: A, channels in and out.
+        cond_dim: width of the global condition vector.
+        down_dims: channel width per resolution level; each level but the last halves the length.
+        time_embed_dim: width of the time embedding.
+        kernel_size: convolution kernel over the time axis.
+        n_groups: GroupNorm groups (reduced where a width does not divide by it).
+    """
+
+    def __init__(self, action_dim: int, cond_dim: int, down_dims: tuple[int, ...] = (64, 128, 256),
+                 time_embed_dim: int = 128, kernel_size: int = 5, n_groups: int = 8):
+        super().__init__()
+        if not down_dims:
+            raise ConfigError("down_dims needs at least one level")
+        self.time_encoder = nn.Sequential(
+            SinusoidalTimeEmbedding(time_embed_dim),
+            nn.Linear(time_embed_dim, 4 * time_embed_dim),
+            nn.Mish(),
+            nn.Linear(4 * time_embed_dim, time_embed_dim),
+        )
+        film_dim = time_embed_dim + cond_dim
+        widths = [action_dim, *down_dims]
+        levels = list(zip(widths[:-1], widths[1:]))
+
+        def block(c_in: int, c_out: int) -> ConditionalResidualBlock1D:
+            return ConditionalResidualBlock1D(c_in, c_out, film_dim, kernel_size, n_groups)
+
+        self.down = nn.ModuleList()
+        for i, (c_in, c_out) in enumerate(levels):
+            last = i == len(levels) - 1
+            self.down.append(nn.ModuleList([
+                block(c_in, c_out), block(c_out, c_out),
+                nn.Conv1d(c_out, c_out, 3, stride=2, padding=1) if not last else nn.Identity(),
+            ]))
+        self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
+        # As in Diffusion Policy: every up level doubles the length back, and the finest skip is unused.
+        self.up = nn.ModuleList()
+        for c_in, c_out in reversed(levels[1:]):
+            self.up.append(nn.ModuleList([
+                block(2 * c_out, c_in), block(c_in, c_in),
+                nn.ConvTranspose1d(c_in, c_in, 4, stride=2, padding=1),
+            ]))
+        self.final = nn.Sequential(
+            Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
+            nn.Conv1d(down_dims[0], action_dim, 1),
+        )
+        _small_init(self.final[-1])
+        self.length_multiple = 2 ** (len(down_dims) - 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x (B, H, A), t (B,) float, cond (B, cond_dim) -> (B, H, A)."""
+        horizon = x.shape[1]
+        cond = torch.cat([self.time_encoder(t), cond.to(torch.float32)], dim=-1)
+        h = rearrange(x, "b h a -> b a h")
+        # Pad so every downsampling halves exactly; replicate keeps the edge free of a false step.
+        pad = -horizon % self.length_multiple
+        if pad:
+            h = F.pad(h, (0, pad), mode="replicate")
+        skips = []
+        for res1, res2, downsample in self.down:
+            h = res2(res1(h, cond), cond)
+            skips.append(h)
+            h = downsample(h)
+        for res in self.mid:
+            h = res(h, cond)
+        for res1, res2, upsample in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(res2(res1(h, cond), cond))
+        h = self.final(h)[..., :horizon]
+        return rearrange(h, "b a h -> b h a")
+
+
+class MLPDenoiser(nn.Module):
+    """A flat MLP on concat(flattened chunk, time embedding, cond); for short chunks and ablations.
+
+    Args:
+        action_dim: A.
+        chunk_size: H (fixed: the chunk is flattened).
+        cond_dim: width of the global condition vector.
+        hidden: hidden width.
+        n_layers: hidden layers (Linear + Mish each), followed by the output Linear.
+        time_embed_dim: width of the sinusoidal time embedding.
+    """
+
+    def __init__(self, action_dim: int, chunk_size: int, cond_dim: int, hidden: int = 512, n_layers: int = 3,
+                 time_embed_dim: int = 128):
+        super().__init__()
+        self.time_embedding = SinusoidalTimeEmbedding(time_embed_dim)
+        layers: list[nn.Module] = []
+        width = chunk_size * action_dim + time_embed_dim + cond_dim
+        for _ in range(n_layers):
+            layers += [nn.Linear(width, hidden), nn.Mish()]
+            width = hidden
+        out = nn.Linear(width, chunk_size * action_dim)
+        _small_init(out)
+        self.mlp = nn.Sequential(*layers, out)
+        self.chunk_size = chunk_size
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x (B, H, A), t (B,) float, cond (B, cond_dim) -> (B, H, A)."""
+        flat = torch.cat([rearrange(x, "b h a -> b (h a)").float(), self.time_embedding(t), cond.float()], dim=-1)
+        return rearrange(self.mlp(flat), "b (h a) -> b h a", h=self.chunk_size)
+
+
+def build_denoiser(kind: str, action_dim: int, chunk_size: int, cond_dim: int, *,
+                   down_dims: tuple[int, ...] = (64, 128, 256), mlp_hidden: int = 512, mlp_layers: int = 3,
+                   time_embed_dim: int = 128) -> nn.Module:
+    """A denoiser by name: "unet" (:class:`ConditionalUnet1D`) or "mlp" (:class:`MLPDenoiser`)."""
+    if kind == "unet":
+        return ConditionalUnet1D(action_dim, cond_dim, tuple(down_dims), time_embed_dim)
+    if kind == "mlp":
+        return MLPDenoiser(action_dim, chunk_size, cond_dim, mlp_hidden, mlp_layers, time_embed_dim)
+    raise ConfigError(f"unknown denoiser '{kind}'; valid: {', '.join(DENOISER_KINDS)}")
+
+
+@dataclass
+class DenoiserHeadConfig(HeadConfig):
+    """Network options shared by the heads that iterate a denoiser (diffusion, flow)."""
+
+    denoiser: DenoiserKind = doc_field("unet", "network: unet (1-D conv U-Net, FiLM) | mlp (flat MLP)")
+    down_dims: tuple[int, ...] = doc_field((64, 128, 256), "unet channel widths per level; each but the last halves H")
+    mlp_hidden: int = doc_field(512, "mlp hidden width")
+    mlp_layers: int = doc_field(3, "mlp hidden layers")
+    time_embed_dim: int = doc_field(128, "width of the sinusoidal time embedding (even, >= 4)")
+
+    def __post_init__(self):
+        if self.denoiser not in DENOISER_KINDS:
+            raise ConfigError(f"denoiser '{self.denoiser}' is not one of {', '.join(DENOISER_KINDS)}")
+        if not self.down_dims or min(self.down_dims) < 1:
+            raise ConfigError(f"down_dims must be a non-empty list of positive widths, got {self.down_dims}")
+        if self.mlp_hidden < 1 or self.mlp_layers < 1:
+            raise ConfigError("mlp_hidden and mlp_layers must be at least 1")
+        if self.time_embed_dim < 4 or self.time_embed_dim % 2:
+            raise ConfigError(f"time_embed_dim must be even and at least 4, got {self.time_embed_dim}")
+
+
+def make_denoiser(config: DenoiserHeadConfig, action_dim: int, chunk_size: int, cond_dim: int) -> nn.Module:
+    """The denoiser a head's config asks for."""
+    return build_denoiser(config.denoiser, action_dim, chunk_size, cond_dim, down_dims=config.down_dims,
+                          mlp_hidden=config.mlp_hidden, mlp_layers=config.mlp_layers,
+                          time_embed_dim=config.time_embed_dim)

@@ -1,0 +1,64 @@
+"""Diffusion head (Diffusion Policy): a denoiser predicts the noise added to the action chunk."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from action_head.base import HEADS, ActionHead, masked_mean
+from action_head.denoisers import DenoiserHeadConfig, make_denoiser
+from action_head.noise_schedule import BETA_SCHEDULES, SAMPLERS, BetaSchedule, NoiseSchedule
+from core.configuration import ConfigError, doc_field
+from fusion.context import Context
+
+
+@dataclass
+class DiffusionHeadConfig(DenoiserHeadConfig):
+    type: str = doc_field("diffusion", "which head: diffusion | autoregressive | regression | flow")
+    num_train_steps: int = doc_field(100, "diffusion steps T used in training")
+    beta_schedule: BetaSchedule = doc_field("squaredcos_cap_v2", "noise schedule: squaredcos_cap_v2 | linear")
+    sampler: Literal["ddim", "ddpm"] = doc_field("ddim", "ddim (deterministic, num_inference_steps) | ddpm (all T)")
+    num_inference_steps: int = doc_field(10, "ddim denoising steps at inference (1..num_train_steps)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ConfigError(f"beta_schedule '{self.beta_schedule}' is not one of {', '.join(BETA_SCHEDULES)}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler '{self.sampler}' is not one of {', '.join(SAMPLERS)}")
+        if not 1 <= self.num_inference_steps <= self.num_train_steps:
+            raise ConfigError(f"num_inference_steps={self.num_inference_steps} must be between 1 and "
+                              f"num_train_steps={self.num_train_steps}")
+        # Fail at load time, not at the first training step, if the schedule never reaches noise.
+        NoiseSchedule(self.num_train_steps, self.beta_schedule)
+
+
+@HEADS.register("diffusion")
+class DiffusionHead(ActionHead):
+    """Epsilon-prediction DDPM over the (B, H, A) chunk, conditioned on ``context.global_vector()``."""
+
+    config_class = DiffusionHeadConfig
+
+    def __init__(self, config: DiffusionHeadConfig, d_model: int, n_queries: int, chunk_size: int, action_dim: int):
+        super().__init__(config, d_model, n_queries, chunk_size, action_dim)
+        self.denoiser = make_denoiser(config, action_dim, chunk_size, cond_dim=n_queries * d_model)
+        self.schedule = NoiseSchedule(config.num_train_steps, config.beta_schedule)
+
+    def loss(self, context: Context, actions: torch.Tensor, action_is_pad: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        actions = actions.float()
+        noise = torch.randn_like(actions)
+        t = torch.randint(0, self.config.num_train_steps, (actions.shape[0],), device=actions.device)
+        noisy = self.schedule.add_noise(actions, noise, t)
+        pred = self.denoiser(noisy, t.float(), context.global_vector().float())
+        mse = masked_mean((pred.float() - noise) ** 2, action_is_pad)  # float32 even under autocast
+        return mse, {"mse": mse.item()}
+
+    @torch.no_grad()
+    def predict(self, context: Context, generator: torch.Generator | None = None) -> torch.Tensor:
+        cond = context.global_vector().float()
+        return self.schedule.sample(
+            lambda x, t: self.denoiser(x, t, cond),
+            (context.batch_size, self.chunk_size, self.action_dim),
+            generator=generator, num_steps=self.config.num_inference_steps, method=self.config.sampler,
+        )

@@ -1,0 +1,121 @@
+"""DDPM noise schedule with DDIM and DDPM samplers (epsilon prediction)."""
+
+import math
+import typing
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+from core.configuration import ConfigError
+
+BetaSchedule = Literal["squaredcos_cap_v2", "linear"]
+BETA_SCHEDULES: tuple[str, ...] = typing.get_args(BetaSchedule)
+SAMPLERS: tuple[str, ...] = ("ddim", "ddpm")
+
+# denoise_fn(x_t (B, H, A), t (B,) float step index) -> predicted noise (B, H, A)
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_betas(beta_schedule: str, num_train_steps: int) -> torch.Tensor:
+    """(T,) float64 betas."""
+    if beta_schedule == "squaredcos_cap_v2":
+        # Nichol & Dhariwal 2021: alpha-bar follows a squared cosine, betas capped at 0.999.
+        def alpha_bar(s: float) -> float:
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        T = num_train_steps
+        return torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)],
+                            dtype=torch.float64)
+    if beta_schedule == "linear":
+        return torch.linspace(1e-4, 0.02, num_train_steps, dtype=torch.float64)
+    raise ConfigError(f"unknown beta_schedule '{beta_schedule}'; valid: {', '.join(BETA_SCHEDULES)}")
+
+
+class NoiseSchedule(nn.Module):
+    """The forward process q(x_t | x_0) and the reverse samplers.
+
+    Args:
+        num_train_steps: T; training draws t uniformly from {0, ..., T-1}.
+        beta_schedule: "squaredcos_cap_v2" or "linear".
+    Raises:
+        ConfigError: if alpha-bar at t = T-1 is not below 1e-3, so x_{T-1} is not pure noise and
+            sampling from N(0, I) starts off the training distribution.
+    """
+
+    def __init__(self, num_train_steps: int = 100, beta_schedule: str = "squaredcos_cap_v2"):
+        super().__init__()
+        if num_train_steps < 2:
+            raise ConfigError(f"num_train_steps must be at least 2, got {num_train_steps}")
+        betas = make_betas(beta_schedule, num_train_steps)
+        alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        if alphas_cumprod[-1] >= 1e-3:
+            raise ConfigError(f"the schedule never reaches noise: alpha-bar at the last step is "
+                              f"{alphas_cumprod[-1].item():.3g}; use squaredcos_cap_v2 or more steps")
+        self.num_train_steps = num_train_steps
+        # Derived, so not saved in checkpoints; registered so .to(device) moves them.
+        self.register_buffer("betas", betas.float(), persistent=False)
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+
+    def _abar(self, t: int) -> torch.Tensor:
+        """alpha-bar at step t; 1 (no noise) for t < 0."""
+        return self.alphas_cumprod[t] if t >= 0 else self.alphas_cumprod.new_tensor(1.0)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, for x0 and noise (B, ...) and integer t (B,)."""
+        abar = self.alphas_cumprod[t].reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def ddim_timesteps(self, num_steps: int) -> list[int]:
+        """"Trailing" spacing: starts at T-1 and the final step lands on alpha-bar = 1."""
+        T = self.num_train_steps
+        if not 1 <= num_steps <= T:
+            raise ValueError(f"num_steps must be between 1 and {T}, got {num_steps}")
+        return (torch.arange(T, 0, -T / num_steps, dtype=torch.float64).round().long() - 1).tolist()
+
+    def _predict_x0(self, x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+        return ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1.0, 1.0)  # clip_sample
+
+    def _ddim_step(self, x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
+        """Deterministic (eta = 0) DDIM step from t to t_prev."""
+        abar, abar_prev = self._abar(t), self._abar(t_prev)
+        x0 = self._predict_x0(x, eps, abar)
+        eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()  # the noise consistent with the clipped x0
+        return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
+
+    def _ddpm_step(self, x: torch.Tensor, eps: torch.Tensor, t: int, generator: torch.Generator | None
+                   ) -> torch.Tensor:
+        """Ancestral step: a draw from the posterior q(x_{t-1} | x_t, x0 = predicted x0)."""
+        abar, abar_prev, beta = self._abar(t), self._abar(t - 1), self.betas[t]
+        x0 = self._predict_x0(x, eps, abar)
+        coef1 = abar_prev.sqrt() * beta / (1 - abar)
+        coef2 = (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar)
+        mean = coef1 * x0 + coef2 * x
+        if t == 0:  # coef1 = 1, coef2 = 0: the mean is the predicted x0, and no noise is added
+            return mean
+        variance = beta * (1 - abar_prev) / (1 - abar)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return mean + variance.sqrt() * noise
+
+    def sample(self, denoise_fn: DenoiseFn, shape: tuple[int, ...], generator: torch.Generator | None = None,
+               num_steps: int = 10, method: str = "ddim") -> torch.Tensor:
+        """Draw x_0 of ``shape`` (B, H, A) in [-1, 1], float32, on the schedule's device.
+
+        Args:
+            denoise_fn: (x_t (B, H, A), t (B,) float) -> predicted noise (B, H, A).
+            generator: source of all randomness (initial noise, DDPM noise).
+            num_steps: DDIM steps; "ddpm" always runs all T steps.
+            method: "ddim" (deterministic) or "ddpm" (ancestral).
+        """
+        if method not in SAMPLERS:
+            raise ValueError(f"unknown sampler '{method}'; valid: {', '.join(SAMPLERS)}")
+        device = self.alphas_cumprod.device
+        x = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        steps = self.ddim_timesteps(num_steps) if method == "ddim" else list(range(self.num_train_steps - 1, -1, -1))
+        for i, t in enumerate(steps):
+            eps = denoise_fn(x, torch.full((shape[0],), float(t), device=device)).float()
+            if method == "ddim":
+                x = self._ddim_step(x, eps, t, steps[i + 1] if i + 1 < len(steps) else -1)
+            else:
+                x = self._ddpm_step(x, eps, t, generator)
+        return x.clamp(-1.0, 1.0)

@@ -1,0 +1,125 @@
+"""Parameter counts and peak memory of one full training step, for a config.
+
+    python -m benchmarks.memory --config configs/metaworld_reach.yaml [--set action_head.type=flow ...]
+
+The peak covers parameters, gradients, optimizer state and activations of a steady-state step
+(one warm-up step first, so AdamW's state exists). On CPU, torch's MemTracker follows every live
+tensor storage during the step (autograd's saved tensors and temporaries included); on CUDA,
+``torch.cuda.max_memory_allocated``. The product promise: under 1 GiB at the config's batch size.
+"""
+
+import argparse
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from core.device import resolve_device
+from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
+from core.schema import Config, load_config
+from envs import features_for
+from envs.features import Features
+from policy.vla_policy import VLAPolicy
+
+BUDGET_BYTES = 2**30
+
+
+@dataclass
+class MemoryReport:
+    trainable_params: int
+    frozen_params: int
+    peak_bytes: int
+    breakdown: dict[str, int]  # category -> bytes at the peak (CPU only)
+    device: str
+
+
+def synthetic_batch(features: Features, config: Config, batch_size: int, device: torch.device) -> dict:
+    """A training batch of the config's shapes, with random content."""
+    t, h = config.policy.n_obs_steps, config.policy.chunk_size
+    batch = {
+        OBS_STATE: torch.randn(batch_size, t, features.state_dim, device=device),
+        ACTION: torch.rand(batch_size, h, features.action_dim, device=device) * 2 - 1,
+        ACTION_IS_PAD: torch.zeros(batch_size, h, dtype=torch.bool, device=device),
+        TASK: ["reach the goal"] * batch_size,
+    }
+    if features.has_images:
+        shape = (batch_size, t, len(features.cameras), 3, *features.image_size)
+        batch[OBS_IMAGE] = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
+    return batch
+
+
+def unit_normalizer_stats(features: Features) -> dict:
+    def stats(dim):
+        return {"min": -torch.ones(dim), "max": torch.ones(dim), "mean": torch.zeros(dim), "std": torch.ones(dim)}
+    return {OBS_STATE: stats(features.state_dim), ACTION: stats(features.action_dim)}
+
+
+def training_step(policy: VLAPolicy, optimizer: torch.optim.Optimizer, batch: dict, precision: str) -> None:
+    device_type = next(policy.parameters()).device.type
+    autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    with autocast:
+        loss, _ = policy(batch)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=False)  # steady state keeps gradient buffers allocated
+
+
+def measure(config: Config, features: Features | None = None, device: str | None = None) -> MemoryReport:
+    """Peak memory of one training step at ``config.train.batch_size``."""
+    features = features or features_for(config.env)
+    device = resolve_device(device or config.device)
+    policy = VLAPolicy(config, features)
+    policy.normalizer.fit(unit_normalizer_stats(features))
+    policy.to(device).train()
+    if config.train.channels_last:
+        policy.to(memory_format=torch.channels_last)
+    counts = policy.parameter_counts()
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.train.lr)
+    batch = synthetic_batch(features, config, config.train.batch_size, device)
+    policy.text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
+    training_step(policy, optimizer, batch, config.train.precision)  # warm-up: optimizer state exists
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        training_step(policy, optimizer, batch, config.train.precision)
+        torch.cuda.synchronize()
+        return MemoryReport(counts["trainable"], counts["frozen"], torch.cuda.max_memory_allocated(device), {}, "cuda")
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(policy, optimizer, batch)
+    with tracker:
+        training_step(policy, optimizer, batch, config.train.precision)
+    peak = tracker.get_tracker_snapshot("peak")[device]
+    breakdown = {str(getattr(k, "value", k)): int(v) for k, v in peak.items() if k != "Total"}
+    return MemoryReport(counts["trainable"], counts["frozen"], int(peak["Total"]), breakdown, device.type)
+
+
+def format_report(name: str, config: Config, report: MemoryReport) -> str:
+    mib = report.peak_bytes / 2**20
+    verdict = "OK" if report.peak_bytes < BUDGET_BYTES else "OVER the 1 GiB budget"
+    parts = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in report.breakdown.items() if v)
+    return (f"{name}: head={config.action_head.type} batch={config.train.batch_size} "
+            f"precision={config.train.precision} | params trainable {report.trainable_params / 1e6:.2f}M, "
+            f"frozen {report.frozen_params / 1e6:.2f}M | peak {mib:.1f} MiB on {report.device} ({verdict})"
+            + (f"\n    at peak, MiB: {parts}" if parts else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", required=True, help="YAML config (repeatable)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    parser.add_argument("--device", default=None, help="override the config's device")
+    args = parser.parse_args()
+    over = False
+    for path in args.config:
+        config = load_config(path, args.set)
+        report = measure(config, device=args.device)
+        print(format_report(path, config, report), flush=True)
+        over |= report.peak_bytes >= BUDGET_BYTES
+    raise SystemExit(1 if over else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Shared plumbing: strict config loading, registries, batch keys, device choice."""

@@ -1,0 +1,17 @@
+"""Batch keys, defined once.
+
+Training batches carry a time axis on observations; observations passed to
+``select_action`` do not (the policy keeps the history itself).
+
+    OBS_IMAGE      uint8 (B, T_obs, N_cam, 3, H, W)   | (B, N_cam, 3, H, W) at inference
+    OBS_STATE      float (B, T_obs, S)                | (B, S) at inference
+    ACTION         float (B, chunk_size, A)
+    ACTION_IS_PAD  bool  (B, chunk_size), True where the chunk ran past the episode end
+    TASK           list[str] of length B, the language instruction
+"""
+
+OBS_IMAGE = "observation.image"
+OBS_STATE = "observation.state"
+ACTION = "action"
+ACTION_IS_PAD = "action_is_pad"
+TASK = "task"

