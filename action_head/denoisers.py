@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 from action_head.base import HeadConfig
@@ -225,6 +225,18 @@ class DenoiserHeadConfig(HeadConfig):
             raise ConfigError("mlp_hidden and mlp_layers must be at least 1")
         if self.time_embed_dim < 4 or self.time_embed_dim % 2:
             raise ConfigError(f"time_embed_dim must be even and at least 4, got {self.time_embed_dim}")
+
+
+def hold_last_action(actions: torch.Tensor, action_is_pad: torch.Tensor) -> torch.Tensor:
+    """(B, H, A) ``actions`` with every padded step replaced by the last step before it that is not.
+
+    The loss ignores padded steps, but the noisy chunk fed to the network contains them, and the
+    network mixes steps; holding the last action keeps values past the episode end out of the loss
+    (and matches the usual dataset convention). Padding is a suffix of the chunk.
+    """
+    steps = torch.arange(actions.shape[1], device=actions.device).expand_as(action_is_pad)
+    last_valid = torch.where(action_is_pad, 0, steps).cummax(dim=1).values
+    return actions.gather(1, repeat(last_valid, "b h -> b h a", a=actions.shape[2]))
 
 
 def make_denoiser(config: DenoiserHeadConfig, action_dim: int, chunk_size: int, cond_dim: int) -> nn.Module:

@@ -1,13 +1,12 @@
 """Diffusion head (Diffusion Policy): a denoiser predicts the noise added to the action chunk."""
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from action_head.base import HEADS, ActionHead, masked_mean
-from action_head.denoisers import DenoiserHeadConfig, make_denoiser
-from action_head.noise_schedule import BETA_SCHEDULES, SAMPLERS, BetaSchedule, NoiseSchedule
+from action_head.denoisers import DenoiserHeadConfig, hold_last_action, make_denoiser
+from action_head.noise_schedule import BETA_SCHEDULES, SAMPLERS, BetaSchedule, NoiseSchedule, Sampler
 from core.configuration import ConfigError, doc_field
 from fusion.context import Context
 
@@ -17,7 +16,7 @@ class DiffusionHeadConfig(DenoiserHeadConfig):
     type: str = doc_field("diffusion", "which head: diffusion | autoregressive | regression | flow")
     num_train_steps: int = doc_field(100, "diffusion steps T used in training")
     beta_schedule: BetaSchedule = doc_field("squaredcos_cap_v2", "noise schedule: squaredcos_cap_v2 | linear")
-    sampler: Literal["ddim", "ddpm"] = doc_field("ddim", "ddim (deterministic, num_inference_steps) | ddpm (all T)")
+    sampler: Sampler = doc_field("ddim", "ddim (deterministic, num_inference_steps) | ddpm (all T)")
     num_inference_steps: int = doc_field(10, "ddim denoising steps at inference (1..num_train_steps)")
 
     def __post_init__(self):
@@ -46,7 +45,7 @@ class DiffusionHead(ActionHead):
 
     def loss(self, context: Context, actions: torch.Tensor, action_is_pad: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, float]]:
-        actions = actions.float()
+        actions = hold_last_action(actions.float(), action_is_pad)
         noise = torch.randn_like(actions)
         t = torch.randint(0, self.config.num_train_steps, (actions.shape[0],), device=actions.device)
         noisy = self.schedule.add_noise(actions, noise, t)

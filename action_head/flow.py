@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 
 from action_head.base import HEADS, ActionHead, masked_mean
-from action_head.denoisers import DenoiserHeadConfig, make_denoiser
+from action_head.denoisers import DenoiserHeadConfig, hold_last_action, make_denoiser
 from core.configuration import ConfigError, doc_field
 from fusion.context import Context
 
@@ -59,7 +59,7 @@ class FlowHead(ActionHead):
 
     def loss(self, context: Context, actions: torch.Tensor, action_is_pad: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, float]]:
-        x1 = actions.float()
+        x1 = hold_last_action(actions.float(), action_is_pad)
         x0 = torch.randn_like(x1)
         t = torch.rand(x1.shape[0], device=x1.device)
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1

@@ -11,7 +11,8 @@ from core.configuration import ConfigError
 
 BetaSchedule = Literal["squaredcos_cap_v2", "linear"]
 BETA_SCHEDULES: tuple[str, ...] = typing.get_args(BetaSchedule)
-SAMPLERS: tuple[str, ...] = ("ddim", "ddpm")
+Sampler = Literal["ddim", "ddpm"]
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
 
 # denoise_fn(x_t (B, H, A), t (B,) float step index) -> predicted noise (B, H, A)
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,7 +68,7 @@ class NoiseSchedule(nn.Module):
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     def ddim_timesteps(self, num_steps: int) -> list[int]:
-        """"Trailing" spacing: starts at T-1 and the final step lands on alpha-bar = 1."""
+        """DDIM steps, "trailing" spacing: the first is T-1 (pure noise); after the last, alpha-bar = 1."""
         T = self.num_train_steps
         if not 1 <= num_steps <= T:
             raise ValueError(f"num_steps must be between 1 and {T}, got {num_steps}")

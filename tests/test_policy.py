@@ -1,0 +1,153 @@
+"""The composed policy: shapes, the action queue cadence, ensembling, relative actions, checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import SMALL_FEATURES, fake_batch, small_config, unit_stats
+from core.keys import OBS_IMAGE, OBS_STATE, TASK
+from envs.features import Features
+from policy.checkpoint import load_policy, save_policy
+from policy.vla_policy import VLAPolicy
+
+
+def make_policy(text_model, head="regression", overrides=None, features=SMALL_FEATURES) -> VLAPolicy:
+    torch.manual_seed(0)
+    policy = VLAPolicy(small_config(text_model, head, overrides), features)
+    policy.normalizer.fit(unit_stats(features))
+    return policy
+
+
+def step_obs(batch: dict, step: int = 0) -> dict:
+    obs = {OBS_STATE: batch[OBS_STATE][:, step], TASK: batch[TASK]}
+    if OBS_IMAGE in batch:
+        obs[OBS_IMAGE] = batch[OBS_IMAGE][:, step]
+    return obs
+
+
+def test_forward_and_predict_shapes(tiny_text_model):
+    policy = make_policy(tiny_text_model)
+    batch = fake_batch(SMALL_FEATURES, policy.config)
+    loss, metrics = policy(batch)
+    assert loss.dim() == 0 and torch.isfinite(loss) and metrics
+    chunk = policy.eval().predict_action_chunk(batch)
+    assert chunk.shape == (3, 4, 3)
+
+
+def test_missing_statistics_raise(tiny_text_model):
+    policy = VLAPolicy(small_config(tiny_text_model), SMALL_FEATURES)
+    with pytest.raises(RuntimeError, match="never fitted"):
+        policy(fake_batch(SMALL_FEATURES, policy.config))
+
+
+def test_bad_observation_shapes_give_clear_errors(tiny_text_model):
+    policy = make_policy(tiny_text_model)
+    batch = fake_batch(SMALL_FEATURES, policy.config)
+    with pytest.raises(ValueError, match="observation.state must be"):
+        policy({**batch, OBS_STATE: batch[OBS_STATE][..., :2]})
+    with pytest.raises(KeyError, match="observation.image"):
+        policy({k: v for k, v in batch.items() if k != OBS_IMAGE})
+    with pytest.raises(ValueError, match="observation.image must be"):
+        policy({**batch, OBS_IMAGE: batch[OBS_IMAGE][..., :16, :16]})
+
+
+def test_select_action_calls_the_model_once_every_n_action_steps(tiny_text_model):
+    policy = make_policy(tiny_text_model, overrides=["policy.n_action_steps=3"]).eval()
+    batch = fake_batch(SMALL_FEATURES, policy.config, batch_size=2)
+    chunks = []
+    original = policy.predict_action_chunk
+
+    def spy(obs, generator=None):
+        chunks.append(original(obs, generator))
+        return chunks[-1]
+
+    policy.predict_action_chunk = spy
+    actions = [policy.select_action(step_obs(batch)) for _ in range(7)]
+    assert len(chunks) == 3  # steps 0, 3, 6
+    for step, action in enumerate(actions):
+        assert torch.equal(action, chunks[step // 3][:, step % 3])
+    policy.reset()
+    policy.select_action(step_obs(batch))
+    assert len(chunks) == 4  # reset empties the queue
+
+
+def test_ensembling_replans_every_step(tiny_text_model):
+    policy = make_policy(tiny_text_model, overrides=["policy.ensemble=act", "policy.n_action_steps=1"]).eval()
+    batch = fake_batch(SMALL_FEATURES, policy.config, batch_size=1)
+    calls = []
+    original = policy.predict_action_chunk
+    policy.predict_action_chunk = lambda obs, generator=None: calls.append(1) or original(obs, generator)
+    for _ in range(5):
+        assert policy.select_action(step_obs(batch)).shape == (1, 3)
+    assert len(calls) == 5
+
+
+def test_observation_history_is_stacked_in_time_order(tiny_text_model):
+    policy = make_policy(tiny_text_model, overrides=["policy.n_obs_steps=2"]).eval()
+    seen = []
+    policy.predict_action_chunk = lambda obs, generator=None: seen.append(obs[OBS_STATE].clone()) or torch.zeros(1, 4, 3)
+    states = [torch.full((1, 4), float(i)) for i in range(3)]
+    images = torch.zeros(1, 1, 3, 32, 32, dtype=torch.uint8)
+    for state in states:
+        policy.select_action({OBS_STATE: state, OBS_IMAGE: images, TASK: ["reach the goal"]})
+    assert torch.equal(seen[0][0, :, 0], torch.tensor([0.0, 0.0]))  # the first frame is repeated
+    assert torch.equal(seen[1][0, :, 0], torch.tensor([1.0, 2.0]))  # after 2 queued steps: frames 1 and 2
+
+
+def test_relative_actions_add_the_state_back(tiny_text_model):
+    features = Features(state_dim=3, action_dim=3, cameras=(), image_size=(0, 0))
+    policy = make_policy(tiny_text_model, overrides=["policy.relative_actions=true"], features=features).eval()
+    batch = fake_batch(features, policy.config, batch_size=2)
+    absolute = policy.predict_action_chunk(batch)
+    relative = policy.normalizer.unnormalize("action", policy.head.predict(policy.encode(batch)))
+    assert torch.allclose(absolute, relative + batch[OBS_STATE][:, -1:, :3], atol=1e-5)
+    # Training targets are relative too: the head sees action - state, normalized.
+    targets = policy._actions_in(batch, batch["action"])
+    expected = policy.normalizer.normalize("action", batch["action"] - batch[OBS_STATE][:, -1:, :3])
+    assert torch.allclose(targets, expected)
+
+
+def test_relative_actions_need_a_shared_space(tiny_text_model):
+    features = Features(state_dim=2, action_dim=3)
+    with pytest.raises(ValueError, match="relative_actions"):
+        VLAPolicy(small_config(tiny_text_model, overrides=["policy.relative_actions=true"]), features)
+
+
+def test_state_only_policy_has_no_vision_encoder(tiny_text_model):
+    features = Features(state_dim=5, action_dim=2)
+    policy = make_policy(tiny_text_model, features=features)
+    assert policy.vision is None
+    loss, _ = policy(fake_batch(features, policy.config))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("head", ["diffusion", "autoregressive"])
+def test_save_load_gives_the_same_actions(tiny_text_model, tmp_path, head):
+    policy = make_policy(tiny_text_model, head).eval()
+    batch = fake_batch(SMALL_FEATURES, policy.config)
+    expected = policy.predict_action_chunk(batch, torch.Generator().manual_seed(0))
+    save_policy(policy, tmp_path / "ckpt")
+    loaded = load_policy(tmp_path / "ckpt")
+    assert loaded.config == policy.config and loaded.features == policy.features
+    assert torch.equal(loaded.predict_action_chunk(batch, torch.Generator().manual_seed(0)), expected)
+
+
+def test_checkpoint_is_safetensors_and_json_without_the_frozen_text_model(tiny_text_model, tmp_path):
+    policy = make_policy(tiny_text_model)
+    directory = save_policy(policy, tmp_path / "ckpt")
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors", "stats.json"]
+    from safetensors import safe_open
+
+    with safe_open(str(directory / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert not any(k.startswith("text.model.") for k in keys)
+    assert any(k.startswith("normalizer.") for k in keys)
+    assert json.loads((directory / "stats.json").read_text())["action"]["min"] == [-1.0, -1.0, -1.0]
+    save_policy(policy, directory)  # overwriting an existing checkpoint works and leaves no debris
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_loading_a_directory_that_is_not_a_checkpoint_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an EasyVLA checkpoint"):
+        load_policy(tmp_path)
