@@ -3,7 +3,7 @@
     python -m benchmarks.memory --config configs/metaworld_reach.yaml [--set action_head.type=flow ...]
 
 The peak covers parameters, gradients, optimizer state and activations of a steady-state step
-(one warm-up step first, so AdamW's state exists). On CPU, torch's MemTracker follows every live
+(one warm-up step first, so AdamW's state exists). On CPU, a dispatch mode follows every live
 tensor storage during the step (autograd's saved tensors and temporaries included); on CUDA,
 ``torch.cuda.max_memory_allocated``. The product promise: under 1 GiB at the config's batch size.
 """
@@ -16,6 +16,7 @@ import torch
 
 from core.device import resolve_device
 from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
+from benchmarks.live_memory import LiveStorageTracker
 from core.schema import Config, load_config
 from envs import features_for
 from envs.features import Features
@@ -29,7 +30,8 @@ class MemoryReport:
     trainable_params: int
     frozen_params: int
     peak_bytes: int
-    breakdown: dict[str, int]  # category -> bytes at the peak (CPU only)
+    resident_bytes: int  # parameters, gradients, optimizer state and the batch, before the step (CPU only)
+    language_model_bytes: int  # the frozen LM, kept on the CPU and outside the step (see encoders/text.py)
     device: str
 
 
@@ -75,6 +77,7 @@ def measure(config: Config, features: Features | None = None, device: str | None
     if config.train.channels_last:
         policy.to(memory_format=torch.channels_last)
     counts = policy.parameter_counts()
+    lm_bytes = sum(p.numel() * p.element_size() for p in policy.text.language_model.parameters())
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.train.lr)
     batch = synthetic_batch(features, config, config.train.batch_size, device)
     policy.text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
@@ -84,26 +87,25 @@ def measure(config: Config, features: Features | None = None, device: str | None
         torch.cuda.reset_peak_memory_stats(device)
         training_step(policy, optimizer, batch, config.train.precision)
         torch.cuda.synchronize()
-        return MemoryReport(counts["trainable"], counts["frozen"], torch.cuda.max_memory_allocated(device), {}, "cuda")
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    tracker = MemTracker()
-    tracker.track_external(policy, optimizer, batch)
+        return MemoryReport(counts["trainable"], counts["frozen"], torch.cuda.max_memory_allocated(device), 0,
+                            lm_bytes, "cuda")
+    tracker = LiveStorageTracker(device.type)
+    tracker.track_all(policy, optimizer, batch)
+    resident = tracker.current
     with tracker:
         training_step(policy, optimizer, batch, config.train.precision)
-    peak = tracker.get_tracker_snapshot("peak")[device]
-    breakdown = {str(getattr(k, "value", k)): int(v) for k, v in peak.items() if k != "Total"}
-    return MemoryReport(counts["trainable"], counts["frozen"], int(peak["Total"]), breakdown, device.type)
+    return MemoryReport(counts["trainable"], counts["frozen"], tracker.peak, resident, lm_bytes, device.type)
 
 
 def format_report(name: str, config: Config, report: MemoryReport) -> str:
     mib = report.peak_bytes / 2**20
     verdict = "OK" if report.peak_bytes < BUDGET_BYTES else "OVER the 1 GiB budget"
-    parts = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in report.breakdown.items() if v)
     return (f"{name}: head={config.action_head.type} batch={config.train.batch_size} "
             f"precision={config.train.precision} | params trainable {report.trainable_params / 1e6:.2f}M, "
             f"frozen {report.frozen_params / 1e6:.2f}M | peak {mib:.1f} MiB on {report.device} ({verdict})"
-            + (f"\n    at peak, MiB: {parts}" if parts else ""))
+            + (f", of which resident before the step {report.resident_bytes / 2**20:.1f} MiB"
+               if report.resident_bytes else "")
+            + f" | frozen language model on CPU, outside the step: {report.language_model_bytes / 2**20:.1f} MiB")
 
 
 def main() -> None:

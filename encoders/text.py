@@ -62,29 +62,32 @@ class TextEncoder(nn.Module):
 
     The frozen model's sentence vector for each distinct instruction is computed once and
     cached by the string itself, so training pays for the language model once per task.
+    The language model is deliberately kept out of the module tree: it stays on the CPU
+    (it runs once per instruction, so the GPU budget goes to what trains), it is not in
+    ``state_dict`` (checkpoints reload it by ``model_name``), and ``.to()`` leaves it alone.
     """
 
     def __init__(self, config: TextConfig, d_model: int):
         super().__init__()
         self.config = config
-        self.model, self.tokenizer = load_text_model(config.model_name)
-        self.model.requires_grad_(False)
-        self.model.eval()
-        self.proj = nn.Linear(self.model.config.hidden_size, d_model)
+        model, self.tokenizer = load_text_model(config.model_name)
+        model.requires_grad_(False)
+        model.eval()  # frozen: no dropout, ever
+        self.__dict__["language_model"] = model  # bypasses nn.Module registration on purpose
+        self.proj = nn.Linear(model.config.hidden_size, d_model)
         self._cache: dict[str, torch.Tensor] = {}
 
-    def train(self, mode: bool = True) -> "TextEncoder":
-        super().train(mode)
-        self.model.eval()  # frozen: no dropout, ever
-        return self
+    @property
+    def frozen_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.language_model.parameters())
 
     @torch.no_grad()
     def _embed_new(self, texts: list[str]) -> None:
-        device = self.proj.weight.device
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
-                                return_tensors="pt").to(device)
-        with torch.autocast(device.type, enabled=False):
-            hidden = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+                                return_tensors="pt")
+        with torch.autocast("cpu", enabled=False):
+            hidden = self.language_model(input_ids=tokens["input_ids"],
+                                         attention_mask=tokens["attention_mask"]).last_hidden_state
         if self.config.pooling == "cls":
             vectors = hidden[:, 0]
         else:
@@ -94,20 +97,14 @@ class TextEncoder(nn.Module):
             self._cache[text] = vector
 
     def embed(self, texts: list[str]) -> torch.Tensor:
-        """(B, hidden) frozen sentence vectors, from the cache where possible."""
-        device = self.proj.weight.device
-        new = sorted({t for t in texts if t not in self._cache or self._cache[t].device != device})
+        """(B, hidden) frozen sentence vectors on the projection's device, from the cache where possible."""
+        new = sorted({t for t in texts if t not in self._cache})
         if new:
             self._embed_new(new)
-        return torch.stack([self._cache[t] for t in texts])
+        return torch.stack([self._cache[t] for t in texts]).to(self.proj.weight.device)
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         """(B,) instructions -> (B, 1, d_model) language token."""
         if isinstance(texts, str):
             raise TypeError("texts must be a list of instructions, one per sample, not a single string")
         return self.proj(self.embed(list(texts)))[:, None, :]
-
-    def frozen_state_keys(self, prefix: str) -> set[str]:
-        """State-dict keys of the frozen model: not saved in checkpoints (reloaded by name)."""
-        return {prefix + "model." + key for key in self.model.state_dict()}
-

@@ -1,8 +1,8 @@
 """Save and load a policy as one directory, without unpickling anything.
 
     run/checkpoint/
-        model.safetensors   trained weights + normalizer statistics (the frozen text model is
-                            reloaded from text.model_name, not copied into every checkpoint)
+        model.safetensors   trained weights + normalizer statistics (the frozen language model is
+                            not part of the policy's state: it reloads from text.model_name)
         config.json         the resolved experiment config and the features (shapes)
         stats.json          normalizer statistics, for people to read
 """
@@ -25,16 +25,11 @@ from policy.vla_policy import VLAPolicy
 WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "stats.json"
 
 
-def _frozen_text_keys(policy: VLAPolicy) -> set[str]:
-    return {"text.model." + key for key in policy.text.model.state_dict()}
-
-
 def save_policy(policy: VLAPolicy, directory: str | Path) -> Path:
     """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    skip = _frozen_text_keys(policy)
-    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items() if k not in skip}
+    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     save_file(state, str(tmp / WEIGHTS))
     meta = {"config": to_dict(policy.config), "features": asdict(policy.features)}
@@ -68,7 +63,6 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> VL
     policy = VLAPolicy(config, features)
     state = load_file(str(Path(directory) / WEIGHTS))
     missing, unexpected = policy.load_state_dict(state, strict=False)
-    missing = set(missing) - _frozen_text_keys(policy)
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {directory} does not match its config: missing {sorted(missing)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]}")

@@ -152,6 +152,7 @@ class VLAPolicy(nn.Module):
         return self._queue.pop()
 
     def parameter_counts(self) -> dict[str, int]:
+        """Trainable and frozen parameters (the frozen language model, kept on CPU, included)."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad) + self.text.frozen_parameter_count
         return {"trainable": trainable, "frozen": frozen}

@@ -87,17 +87,17 @@ def test_missing_weights_file_is_a_clear_error():
 def test_text_encoder_caches_by_instruction_and_is_frozen(tiny_text_model):
     encoder = TextEncoder(TextConfig(model_name=tiny_text_model), d_model=8)
     calls = []
-    original = encoder.model.forward
-    encoder.model.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = encoder.language_model.forward
+    encoder.language_model.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
     first = encoder(["reach the goal", "push the block", "reach the goal"])
     assert first.shape == (3, 1, 8) and len(calls) == 1
     assert torch.equal(first[0], first[2]) and not torch.equal(first[0], first[1])
     encoder(["push the block", "reach the goal"])
     assert len(calls) == 1  # both cached
-    assert not any(p.requires_grad for p in encoder.model.parameters())
-    assert all(p.requires_grad for p in encoder.proj.parameters())
+    assert not any(p.requires_grad for p in encoder.language_model.parameters())
+    assert list(encoder.parameters()) == list(encoder.proj.parameters())  # the LM is not part of the module
     encoder.train()
-    assert not encoder.model.training
+    assert not encoder.language_model.training
 
 
 def test_text_pooling_options_differ(tiny_text_model):
