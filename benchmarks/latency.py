@@ -1,0 +1,76 @@
+"""Inference latency at batch 1, encoders included, per head.
+
+    python -m benchmarks.latency --config configs/metaworld_reach.yaml [--heads diffusion flow] [--calls 200]
+
+Two numbers per head: ``select_action`` (one control step; the model runs every
+``n_action_steps`` calls and the other calls pop the queue) and one re-plan
+(``predict_action_chunk``), which bounds the worst control step. Compare with the control
+period: 100 ms at 10 Hz (PushT), 12.5 ms at 80 Hz (Meta-World).
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from action_head import HEADS
+from benchmarks.memory import synthetic_batch, unit_normalizer_stats
+from core.keys import OBS_IMAGE, OBS_STATE, TASK
+from core.schema import load_config
+from envs import features_for
+from policy.vla_policy import VLAPolicy
+
+
+def percentiles_ms(samples: list[float]) -> tuple[float, float]:
+    values = np.asarray(samples) * 1e3
+    return float(np.percentile(values, 50)), float(np.percentile(values, 95))
+
+
+def measure_head(config, features, calls: int) -> dict[str, float]:
+    torch.manual_seed(config.seed)
+    policy = VLAPolicy(config, features)
+    policy.normalizer.fit(unit_normalizer_stats(features))
+    policy.eval()
+    batch = synthetic_batch(features, config, 1, torch.device("cpu"))
+    obs = {OBS_STATE: batch[OBS_STATE][:, 0], TASK: batch[TASK]}
+    if features.has_images:
+        obs[OBS_IMAGE] = batch[OBS_IMAGE][:, 0]
+    for _ in range(3):  # warm-up: allocator, caches, the instruction's text embedding
+        policy.predict_action_chunk(batch)
+    step, plan = [], []
+    policy.reset()
+    for _ in range(calls):
+        start = time.perf_counter()
+        policy.select_action(obs)
+        step.append(time.perf_counter() - start)
+    for _ in range(max(10, calls // config.policy.n_action_steps)):
+        start = time.perf_counter()
+        policy.predict_action_chunk(batch)
+        plan.append(time.perf_counter() - start)
+    (step50, step95), (plan50, plan95) = percentiles_ms(step), percentiles_ms(plan)
+    return {"step_p50": step50, "step_p95": step95, "step_mean": float(np.mean(step)) * 1e3,
+            "plan_p50": plan50, "plan_p95": plan95}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--heads", nargs="*", default=HEADS.names())
+    parser.add_argument("--calls", type=int, default=200, help="select_action calls per head")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{args.config}, batch 1, {args.threads} threads, device cpu")
+    print("| head | select_action p50 / p95 / mean (ms) | re-plan p50 / p95 (ms) |")
+    print("|---|---|---|")
+    for head in args.heads:
+        config = load_config(args.config, args.set + [f"action_head.type={head}"])
+        r = measure_head(config, features_for(config.env), args.calls)
+        print(f"| {head} | {r['step_p50']:.2f} / {r['step_p95']:.2f} / {r['step_mean']:.2f} | {r['plan_p50']:.1f} / {r['plan_p95']:.1f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Demonstration data: the on-disk episode store, the chunk sampler, statistics, collection."""
