@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="A small, modular Vision-Language-Action model you can train and study on a laptop GPU or a CPU",
     python_requires=">=3.10",
-    packages=["core", "encoders", "fusion", "action_head", "policy", "envs", "benchmarks"],
+    packages=["core", "encoders", "fusion", "action_head", "policy", "envs", "data", "evaluation", "benchmarks"],
     py_modules=["train", "evaluate"],
     install_requires=[
         "torch>=2.4",
@@ -24,6 +24,7 @@ setup(
         "zarr>=2.16",
         "imageio>=2.34",
         "imageio-ffmpeg>=0.5",
+        "moviepy>=1.0.3,<2",  # TensorBoard add_video needs moviepy.editor (removed in moviepy 2)
     ],
     extras_require={
         "test": ["pytest>=8.0"],

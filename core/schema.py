@@ -8,7 +8,9 @@
     state        encoders.StateConfig
     fusion       fusion.FusionConfig
     action_head  one of action_head.HEADS, chosen by its ``type``
+    data         DataConfig
     train        TrainConfig
+    eval         EvalConfig
 """
 
 from dataclasses import dataclass
@@ -36,6 +38,9 @@ class TrainConfig:
     ema_decay: float = doc_field(0.0, "EMA of weights for evaluation (0 = off, 0.999 typical)")
     precision: Literal["fp32", "bf16"] = doc_field("fp32", "bf16 autocast (1.7x faster ResNet18 training on AVX-512 BF16 CPUs)")
     channels_last: bool = doc_field(False, "channels-last memory format for the conv trunk")
+    log_every: int = doc_field(50, "steps between TensorBoard scalars")
+    save_every: int = doc_field(1000, "steps between 'latest' checkpoints (atomic; --resume continues from it)")
+    num_workers: int = doc_field(0, "DataLoader worker processes (0: load in the training process)")
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -44,6 +49,30 @@ class TrainConfig:
             raise ConfigError("train.lr must be > 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("train.ema_decay must be in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    root: str = doc_field("~/.cache/easyvla/datasets", "where datasets are collected, imported and cached")
+    episodes_per_task: int = doc_field(100, "scripted-expert demonstrations per task (Meta-World)")
+    path: str = doc_field("", "PushT: a local pusht.zip or .zarr directory (empty: cache, else download)")
+
+    def __post_init__(self):
+        if self.episodes_per_task < 1:
+            raise ConfigError("data.episodes_per_task must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = doc_field(50, "episodes per task on the held-out evaluation layouts")
+    val_episodes: int = doc_field(10, "episodes per task on validation layouts, during training (picks 'best')")
+    every: int = doc_field(2000, "training steps between validation rollouts (0: only at the end)")
+    n_envs: int = doc_field(5, "envs stepped in lockstep with one batched policy call")
+    videos: int = doc_field(2, "episodes recorded as video")
+
+    def __post_init__(self):
+        if self.episodes < 1 or self.n_envs < 1 or self.val_episodes < 0 or self.videos < 0 or self.every < 0:
+            raise ConfigError("eval: episodes and n_envs must be >= 1; val_episodes, videos, every >= 0")
 
 
 @dataclass
@@ -58,7 +87,9 @@ class Config:
     fusion: FusionConfig = doc_field(default_factory=FusionConfig, doc="scene self-attention + state cross-attention")
     action_head: HeadConfig = doc_field(default_factory=DiffusionHeadConfig, doc="the action head, by type",
                                         polymorphic=head_config_class)
+    data: DataConfig = doc_field(default_factory=DataConfig, doc="where demonstrations come from")
     train: TrainConfig = doc_field(default_factory=TrainConfig, doc="optimization")
+    eval: EvalConfig = doc_field(default_factory=EvalConfig, doc="closed-loop evaluation")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -1,0 +1,1 @@
+"""Closed-loop evaluation: batched rollouts, success statistics with confidence intervals, videos."""

@@ -1,0 +1,57 @@
+"""Evaluate a policy on every task of its config: success with 95% intervals, a per-task table, videos."""
+
+from pathlib import Path
+
+import numpy as np
+
+from core.schema import Config
+from envs.make import episode_seed
+from evaluation.metrics import summarize, wilson_interval
+from evaluation.rollout import run_episodes, save_video
+from policy.vla_policy import VLAPolicy
+
+ENV_FPS = {"metaworld": 80, "pusht": 10}
+
+
+def evaluate_policy(policy: VLAPolicy, config: Config, split: str = "eval", episodes: int | None = None,
+                    first_seed: int | None = None, n_envs: int | None = None, videos: int = 0,
+                    video_dir: Path | None = None, progress: bool = True) -> dict:
+    """Roll out on ``split`` layouts (train | val | eval; disjoint seeds) for each task of the config.
+
+    Returns:
+        {"split", "tasks": {task: summary}, "overall": summary pooled over tasks}, where a summary has
+        success_rate, ci95_low/high, mean_steps_to_success (and coverage for PushT), plus the episodes.
+    """
+    episodes = episodes or config.eval.episodes
+    tasks, pooled = {}, []
+    video_frames: list[np.ndarray] = []
+    for task in config.env.tasks:
+        seeds = [first_seed + i if first_seed is not None else episode_seed(config.env, split, i)
+                 for i in range(episodes)]
+        results, task_videos = run_episodes(policy, config.env, task, seeds, n_envs or config.eval.n_envs,
+                                            video_episodes=videos, sample_seed=config.seed, progress=progress)
+        tasks[task] = {**summarize(results), "episodes_detail": results}
+        pooled += results
+        if video_dir is not None:
+            for i, frames in enumerate(task_videos):
+                tasks[task].setdefault("videos", []).append(
+                    str(save_video(frames, video_dir / f"{task}_{i:02d}", ENV_FPS.get(config.env.name, 10))))
+        video_frames += task_videos
+    overall = summarize(pooled)
+    overall["mean_task_success"] = float(np.mean([t["success_rate"] for t in tasks.values()]))
+    return {"split": split, "tasks": tasks, "overall": overall, "video_frames": video_frames}
+
+
+def format_table(result: dict) -> str:
+    """Markdown table: one row per task, and the mean for multi-task."""
+    lines = ["| task | success | 95% CI | mean steps to success | episodes |", "|---|---|---|---|---|"]
+    for task, s in result["tasks"].items():
+        steps = f"{s['mean_steps_to_success']:.0f}" if s["mean_steps_to_success"] is not None else "-"
+        extra = f" (max coverage {s['mean_max_coverage']:.3f})" if "mean_max_coverage" in s else ""
+        lines.append(f"| {task} | {s['success_rate']:.0%}{extra} | [{s['ci95_low']:.0%}, {s['ci95_high']:.0%}] | "
+                     f"{steps} | {s['episodes']} |")
+    if len(result["tasks"]) > 1:
+        o = result["overall"]
+        low, high = wilson_interval(o["successes"], o["episodes"])
+        lines.append(f"| **mean** | {o['mean_task_success']:.0%} | [{low:.0%}, {high:.0%}] pooled | - | {o['episodes']} |")
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""Train an EasyVLA policy by imitation, evaluating it in closed loop as it goes.
+
+    python train.py --config configs/metaworld_reach.yaml [--set action_head.type=flow train.steps=5000]
+    python train.py --resume runs/metaworld_reach_20261122-101500      # continue a killed run exactly
+
+A run directory holds: config.yaml (resolved), tb/ (TensorBoard), checkpoints/latest and
+checkpoints/best (by success on validation layouts, never the evaluation ones), videos/ and
+eval_results.json (the held-out evaluation of the best checkpoint, at the end).
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from core.configuration import to_dict
+from core.device import resolve_device
+from core.schema import Config, load_config
+from data.dataset import ChunkDataset, compute_stats
+from data.provision import ensure_dataset
+from envs.specs import features_for
+from evaluation.run import evaluate_policy, format_table
+from policy.checkpoint import load_config_and_features, load_policy, load_weights, save_policy
+from policy.ema import EMA
+from policy.vla_policy import VLAPolicy
+
+TRAINING_STATE = "training_state.pt"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (see configs/)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
+    parser.add_argument("--resume", type=Path, help="run directory to continue from its latest checkpoint")
+    parser.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/<config>_<time>)")
+    parser.add_argument("--stop-after", type=int, help="exit after this many steps, as a crash would (tests)")
+    parser.add_argument("--no-final-eval", action="store_true", help="skip the held-out evaluation at the end")
+    args = parser.parse_args()
+    if (args.config is None) == (args.resume is None):
+        parser.error("give exactly one of --config or --resume")
+    return args
+
+
+class StepBatchSampler:
+    """Batch ``step`` is drawn from a generator seeded by (seed, step): resuming at any step is exact."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int):
+        self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            yield torch.randint(self.n, (self.batch_size,), generator=g).tolist()
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def warmup_cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return factor
+
+
+def save_checkpoint(directory: Path, policy: VLAPolicy, optimizer, scheduler, ema: EMA | None,
+                    step: int, best: float) -> None:
+    """The weights to evaluate (EMA if enabled) plus everything --resume needs, atomically."""
+    state = {"step": step, "best_val_success": best, "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+             "raw_weights": policy.state_dict() if ema else None, "ema": ema.shadow if ema else None}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    with ema.applied(policy) if ema else contextlib.nullcontext():
+        save_policy(policy, directory, extra={TRAINING_STATE: state})
+
+
+def validate(policy: VLAPolicy, config: Config, ema: EMA | None, writer: SummaryWriter, step: int) -> float:
+    with ema.applied(policy) if ema else contextlib.nullcontext():
+        result = evaluate_policy(policy, config, split="val", episodes=config.eval.val_episodes,
+                                 videos=1, progress=False)
+    policy.train()
+    success = result["overall"]["success_rate"]
+    writer.add_scalar("val/success_rate", success, step)
+    for task, summary in result["tasks"].items():
+        writer.add_scalar(f"val/success_rate/{task}", summary["success_rate"], step)
+    if result["video_frames"]:
+        video = torch.from_numpy(result["video_frames"][0]).permute(0, 3, 1, 2)[None]  # (1, T, 3, H, W)
+        writer.add_video("val/rollout", video[:, ::2], step, fps=20)
+    return success
+
+
+def main() -> None:
+    args = parse_args()
+    if args.resume:
+        run_dir = args.resume
+        config, _ = load_config_and_features(run_dir / "checkpoints" / "latest")
+    else:
+        config = load_config(args.config, args.set)
+        run_dir = args.run_dir or Path("runs") / f"{Path(args.config).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+
+    # Data: collected or imported on first use, then reused; shapes come from it.
+    store, episodes = ensure_dataset(config)
+    if store.features != features_for(config.env):
+        raise ValueError(f"dataset {store.root} has {store.features}, the config describes {features_for(config.env)}")
+    dataset = ChunkDataset(store, config.policy.n_obs_steps, config.policy.chunk_size, episodes)
+    print(f"data: {store.root} ({len(episodes)} episodes, {len(dataset)} samples)")
+
+    # Model, optimizer, schedule.
+    policy = VLAPolicy(config, store.features)
+    policy.normalizer.fit(compute_stats(store, config.policy.relative_actions, config.policy.chunk_size))
+    policy.to(device)
+    if config.train.channels_last:
+        policy.to(memory_format=torch.channels_last)
+    counts = policy.parameter_counts()
+    print(f"policy: {counts['trainable'] / 1e6:.2f}M trainable, {counts['frozen'] / 1e6:.2f}M frozen parameters; "
+          f"head {config.action_head.type}; device {device}")
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps,
+                                                                           config.train.steps))
+    ema = EMA(policy, config.train.ema_decay) if config.train.ema_decay > 0 else None
+    start_step, best = 0, -1.0
+    if args.resume:
+        state = torch.load(run_dir / "checkpoints" / "latest" / TRAINING_STATE, weights_only=True)
+        load_weights(policy, run_dir / "checkpoints" / "latest")
+        if ema:
+            policy.load_state_dict(state["raw_weights"])
+            ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start_step, best = state["step"], state["best_val_success"]
+        print(f"resumed {run_dir} at step {start_step}")
+
+    loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), config.train.batch_size, config.seed,
+                                                                start_step, config.train.steps),
+                        num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.train.precision == "bf16"
+                else contextlib.nullcontext())
+    writer = SummaryWriter(run_dir / "tb")
+    policy.train()
+    step = start_step
+    bar = tqdm(loader, initial=start_step, total=config.train.steps, desc="train", dynamic_ncols=True)
+    for batch in bar:
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast:
+            loss, metrics = policy(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.train.grad_clip or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        if ema:
+            ema.update(policy)
+        step += 1
+
+        if step % config.train.log_every == 0 or step == config.train.steps:
+            writer.add_scalar("train/loss", loss.item(), step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            writer.add_scalar("train/grad_norm", grad_norm.item(), step)
+            for name, value in metrics.items():
+                writer.add_scalar(f"train/{name}", value, step)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        if config.eval.every and step % config.eval.every == 0 and config.eval.val_episodes:
+            success = validate(policy, config, ema, writer, step)
+            tqdm.write(f"step {step}: validation success {success:.0%} (best {max(best, success):.0%})")
+            if success > best:
+                best = success
+                save_checkpoint(run_dir / "checkpoints" / "best", policy, optimizer, scheduler, ema, step, best)
+        if step % config.train.save_every == 0 or step == config.train.steps:
+            save_checkpoint(run_dir / "checkpoints" / "latest", policy, optimizer, scheduler, ema, step, best)
+        if args.stop_after is not None and step >= args.stop_after:
+            print(f"stopping after step {step} (--stop-after)")
+            return
+    bar.close()
+
+    # No validation rollouts during training: the last weights are the ones to evaluate.
+    best_dir = run_dir / "checkpoints" / "best"
+    if not best_dir.exists():
+        save_checkpoint(best_dir, policy, optimizer, scheduler, ema, step, best)
+    writer.close()
+    if args.no_final_eval:
+        return
+    final = load_policy(best_dir, device)
+    result = evaluate_policy(final, config, split="eval", videos=config.eval.videos, video_dir=run_dir / "videos")
+    result.pop("video_frames")
+    (run_dir / "eval_results.json").write_text(json.dumps(result, indent=2))
+    print(format_table(result))
+    print(f"results: {run_dir / 'eval_results.json'}")
+
+
+if __name__ == "__main__":
+    main()
