@@ -126,10 +126,8 @@ class PushTEnv(gym.Env):
         self.instruction = instruction
         self.task = TASK_NAME
         self.render_mode = "rgb_array"
-        self.features: Features = features_for(EnvConfig(
-            name="pusht", tasks=[TASK_NAME], cameras=list(cameras), image_size=self.image_size, state=state,
-            max_episode_steps=max_episode_steps)) if not cameras or min(self.image_size) >= 32 else \
-            Features(2 if state == "agent_pos" else 20, 2, cameras, self.image_size)
+        sizes = features_for(EnvConfig(name="pusht", tasks=[TASK_NAME], cameras=[], state=state))
+        self.features = Features(sizes.state_dim, sizes.action_dim, cameras, self.image_size)
         # "state" observations do not render; "pixels_agent_pos" renders the 96x96 image each step.
         self._env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos" if cameras else "state",
                              observation_height=height, observation_width=width, visualization_width=render_size,
