@@ -20,6 +20,7 @@ import os
 from typing import Literal
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen; no display needed
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
@@ -169,6 +170,7 @@ class PushTEnv(gym.Env):
         raw, info = self._env.reset(seed=seed, options=options or None)
         if state5 is not None:
             raw = self._place(np.asarray(state5, dtype=np.float64))
+            info = self._pusht._get_info()  # poses of the placed state, not of the random layout
         info = dict(info, success=False, coverage=self.coverage())
         return self._observation(raw), info
 
@@ -188,13 +190,16 @@ class PushTEnv(gym.Env):
         if state5.shape != (5,):
             raise ValueError(f"a PushT state is [agent_x, agent_y, block_x, block_y, block_angle]; got {state5.shape}")
         env = self._pusht
+        # A fresh space: the random layout gym-pusht just stepped leaves cached contacts whose impulses
+        # would nudge the block on the next physics step.
+        env._setup()
         env.agent.position = state5[:2].tolist()
-        env.agent.velocity = (0.0, 0.0)
         env.block.angle = float(state5[4])  # angle first: setting it rotates about the centre of gravity
         env.block.position = state5[2:4].tolist()
-        env.block.velocity = (0.0, 0.0)
-        env.block.angular_velocity = 0.0
-        env.space.step(env.dt)  # as gym-pusht does, so shapes and contacts take the new poses
+        # No physics step (gym-pusht takes one): an agent overlapping the block would push it before
+        # the first observation. Reindexing moves the shapes to the new poses for drawing and collisions.
+        env.space.reindex_shapes_for_body(env.agent)
+        env.space.reindex_shapes_for_body(env.block)
         return env.get_obs()
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
