@@ -150,7 +150,8 @@ def main() -> None:
 
     loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), config.train.batch_size, config.seed,
                                                                 start_step, config.train.steps),
-                        num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
+                        num_workers=config.train.num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.train.precision == "bf16"
                 else contextlib.nullcontext())
     writer = SummaryWriter(run_dir / "tb")

@@ -38,6 +38,8 @@ def ensure_dataset(config: Config, progress: bool = True) -> tuple[EpisodeStore,
     if config.env.name == "pusht":
         from data.pusht_import import find_pusht_data, import_pusht_zarr
 
+        if config.env.cameras and tuple(config.env.image_size) != (96, 96):
+            raise ValueError("the PushT demonstrations are 96x96 images: set env.image_size=[96,96]")
         try:
             store = EpisodeStore(root)
         except FileNotFoundError:

@@ -31,7 +31,7 @@ def run_episodes(policy: VLAPolicy, env_config: EnvConfig, task: str, seeds: lis
     """Roll out ``policy`` once per seed.
 
     Returns:
-        one dict per episode (seed, success, steps, and max/final coverage where the env reports it),
+        one dict per episode (seed, success, steps; for PushT also max/final coverage and max reward),
         and a (T, H, W, 3) uint8 video for each of the first ``video_episodes`` episodes.
     """
     policy.eval()
@@ -49,6 +49,7 @@ def run_episodes(policy: VLAPolicy, env_config: EnvConfig, task: str, seeds: lis
             frames = [[env.render()] if rec else [] for env, rec in zip(active_envs, record)]
             done = [False] * len(group)
             info_log: list[list[dict]] = [[] for _ in group]
+            rewards: list[list[float]] = [[] for _ in group]
             steps = [0] * len(group)
             policy.reset()
             while not all(done):
@@ -57,8 +58,9 @@ def run_episodes(policy: VLAPolicy, env_config: EnvConfig, task: str, seeds: lis
                 for i, env in enumerate(active_envs):
                     if done[i]:
                         continue  # finished envs idle; the batch keeps its shape so queues stay aligned
-                    observations[i], _, terminated, truncated, info = env.step(actions[i])
+                    observations[i], reward, terminated, truncated, info = env.step(actions[i])
                     info_log[i].append(info)
+                    rewards[i].append(float(reward))
                     steps[i] += 1
                     done[i] = terminated or truncated
                     if record[i]:
@@ -67,9 +69,10 @@ def run_episodes(policy: VLAPolicy, env_config: EnvConfig, task: str, seeds: lis
                 infos = info_log[i]
                 episode = {"seed": seed, "success": any(bool(x.get("success", False)) for x in infos),
                            "steps": steps[i]}
-                if "coverage" in infos[-1]:
+                if "coverage" in infos[-1]:  # PushT; its reward is min(coverage / 0.95, 1)
                     episode["max_coverage"] = float(max(x["coverage"] for x in infos))
                     episode["final_coverage"] = float(infos[-1]["coverage"])
+                    episode["max_reward"] = max(rewards[i])  # Diffusion Policy's "score", LeRobot's avg max reward
                 results.append(episode)
                 if record[i]:
                     videos.append(np.stack(frames[i]))

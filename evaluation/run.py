@@ -47,7 +47,8 @@ def format_table(result: dict) -> str:
     lines = ["| task | success | 95% CI | mean steps to success | episodes |", "|---|---|---|---|---|"]
     for task, s in result["tasks"].items():
         steps = f"{s['mean_steps_to_success']:.0f}" if s["mean_steps_to_success"] is not None else "-"
-        extra = f" (max coverage {s['mean_max_coverage']:.3f})" if "mean_max_coverage" in s else ""
+        extra = (f" (score {s['mean_max_reward']:.3f}, max coverage {s['mean_max_coverage']:.3f})"
+                 if "mean_max_reward" in s else "")
         lines.append(f"| {task} | {s['success_rate']:.0%}{extra} | [{s['ci95_low']:.0%}, {s['ci95_high']:.0%}] | "
                      f"{steps} | {s['episodes']} |")
     if len(result["tasks"]) > 1:

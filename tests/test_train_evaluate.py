@@ -1,0 +1,98 @@
+"""End to end on a tiny budget: the real train.py and evaluate.py, resuming, and interrupted collection."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+import evaluate
+import train
+from core.schema import load_config
+from data.collect import collect_metaworld
+from data.episode_store import EpisodeStore
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "metaworld_reach.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_overrides(tmp_path_factory, tiny_text_model) -> list[str]:
+    """A model and env small enough to train and roll out in seconds; data collected once per module."""
+    data_root = tmp_path_factory.mktemp("data")
+    return [f"text.model_name={tiny_text_model}", f"data.root={data_root}", "data.episodes_per_task=2",
+            "env.cameras=[corner]", "env.image_size=[32,32]", "env.max_episode_steps=80",
+            "policy.d_model=32", "policy.chunk_size=4", "policy.n_action_steps=2", "fusion.n_heads=2",
+            "fusion.n_scene_layers=1", "fusion.n_state_layers=1", "state.hidden=32", "action_head.down_dims=[16,32]",
+            "train.steps=4", "train.batch_size=4", "train.save_every=2", "train.log_every=1", "train.warmup_steps=1",
+            "train.precision=fp32", "eval.every=2", "eval.val_episodes=1", "eval.episodes=1", "eval.n_envs=1",
+            "eval.videos=1"]
+
+
+def run_train(monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py", *args])
+    train.main()
+
+
+def test_train_and_evaluate_scripts_end_to_end(tmp_path, tiny_overrides):
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "train.py", "--config", CONFIG, "--run-dir", str(run), "--set", *tiny_overrides],
+                   cwd=REPO, check=True, capture_output=True, text=True)
+    for name in ("best", "latest"):
+        files = {p.name for p in (run / "checkpoints" / name).iterdir()}
+        assert {"model.safetensors", "config.json", "stats.json", "training_state.pt"} <= files
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    result = json.loads((run / "eval_results.json").read_text())
+    assert result["split"] == "eval" and result["tasks"]["reach-v3"]["episodes"] == 1
+    assert list((run / "videos").glob("reach-v3_00.*"))
+
+    out = subprocess.run([sys.executable, "evaluate.py", "--env", "metaworld", "--checkpoint", str(run),
+                          "--episodes", "1", "--videos", "0"], cwd=REPO, check=True, capture_output=True, text=True)
+    assert "| reach-v3 |" in out.stdout
+    written = sorted(run.glob("eval_best_*.json"))
+    assert written and json.loads(written[-1].read_text())["overall"]["episodes"] == 1
+
+
+def test_evaluate_errors_say_what_to_do(tmp_path, tiny_overrides, monkeypatch):
+    run = tmp_path / "run"
+    run_train(monkeypatch, "--config", CONFIG, "--run-dir", str(run), "--no-final-eval",
+              "--set", *tiny_overrides, "eval.every=0")
+    with pytest.raises(SystemExit, match="is a metaworld checkpoint, not pusht"):
+        monkeypatch.setattr(sys, "argv", ["evaluate.py", "--env", "pusht", "--checkpoint", str(run)])
+        evaluate.main()
+    with pytest.raises(SystemExit, match="unknown Meta-World task"):
+        monkeypatch.setattr(sys, "argv", ["evaluate.py", "--env", "metaworld", "--checkpoint", str(run),
+                                          "--task", "fly-v3"])
+        evaluate.main()
+    with pytest.raises(FileNotFoundError, match="Train one first"):
+        evaluate.find_checkpoint(None, "pusht", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        evaluate.find_checkpoint(tmp_path / "missing", "metaworld", tmp_path)
+    assert evaluate.find_checkpoint(None, "metaworld", tmp_path) == run / "checkpoints" / "best"
+
+
+def test_resume_continues_exactly_where_a_killed_run_stopped(tmp_path, tiny_overrides, monkeypatch):
+    common = ["--config", CONFIG, "--no-final-eval", "--set", *tiny_overrides, "eval.every=0",
+              "vision.augment_shift=2", "fusion.dropout=0.1"]  # augmentation and dropout draw from the RNG
+    run_train(monkeypatch, "--run-dir", str(tmp_path / "straight"), *common)
+    run_train(monkeypatch, "--run-dir", str(tmp_path / "killed"), "--stop-after", "2", *common)
+    assert json.loads((tmp_path / "killed/checkpoints/latest/config.json").read_text())
+    run_train(monkeypatch, "--resume", str(tmp_path / "killed"), "--no-final-eval")
+    straight = load_file(str(tmp_path / "straight/checkpoints/latest/model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed/checkpoints/latest/model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    assert all((straight[k] == resumed[k]).all() for k in straight)
+
+
+def test_interrupted_collection_recovers(tmp_path, tiny_overrides):
+    config = load_config(CONFIG, tiny_overrides)
+    root = tmp_path / "store"
+    first = collect_metaworld(config.env, 1, root, progress=False)
+    kept = first.episodes[0]
+    (root / "episodes" / ".000001.tmpabc.npz").write_bytes(b"killed mid-write")
+    store = collect_metaworld(config.env, 2, root, progress=False)
+    assert store.num_episodes == 2 and store.episodes[0] == kept
+    assert store.episodes[0]["seed"] != store.episodes[1]["seed"]
+    assert EpisodeStore(root).num_frames == store.num_frames
