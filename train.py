@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from policy.ema import EMA
 from policy.vla_policy import VLAPolicy
 
 TRAINING_STATE = "training_state.pt"
+# TensorBoard's add_video imports moviepy, which imports pygame: keep it from probing sound cards.
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 
 def parse_args() -> argparse.Namespace:

@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK  # noqa: E402
+from benchmarks.memory import unit_normalizer_stats  # noqa: E402
 from core.schema import Config, load_config  # noqa: E402
 from envs.features import Features  # noqa: E402
 
@@ -82,8 +83,5 @@ def fake_batch(features: Features, config: Config, batch_size: int = 3, seed: in
     return batch
 
 
-def unit_stats(features: Features) -> dict:
-    """Normalizer statistics mapping [-1, 1] (min-max) and N(0, 1) (mean-std) to themselves."""
-    def stats(dim):
-        return {"min": -torch.ones(dim), "max": torch.ones(dim), "mean": torch.zeros(dim), "std": torch.ones(dim)}
-    return {OBS_STATE: stats(features.state_dim), ACTION: stats(features.action_dim)}
+# Normalizer statistics that map [-1, 1] (min-max) and N(0, 1) (mean-std) to themselves.
+unit_stats = unit_normalizer_stats
