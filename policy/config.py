@@ -14,6 +14,9 @@ class PolicyConfig:
     n_obs_steps: int = doc_field(1, "observation frames given to the model (history)")
     normalization: Literal["min_max", "mean_std"] = doc_field("min_max", "state and action normalization")
     relative_actions: bool = doc_field(False, "predict actions minus the current state (action and state share a space)")
+    state_dropout: float = doc_field(
+        0.0, "training only: chance per sample of hiding the robot state (a learned token instead), "
+             "so the policy cannot copy its own trajectory from proprioception and must look")
     ensemble: Literal["none", "act", "average"] = doc_field(
         "none", "temporal ensembling, re-planning every step: act (exponential) | average (last K chunks)")
     ensemble_coeff: float = doc_field(0.01, "ACT ensembling weight exp(-coeff * i), i = 0 for the oldest")
@@ -26,5 +29,7 @@ class PolicyConfig:
             raise ConfigError(f"policy.n_action_steps={self.n_action_steps} must be in [1, chunk_size={self.chunk_size}]")
         if self.ensemble != "none" and self.n_action_steps != 1:
             raise ConfigError(f"policy.ensemble={self.ensemble} re-plans every step: set policy.n_action_steps=1")
+        if not 0.0 <= self.state_dropout < 1.0:
+            raise ConfigError("policy.state_dropout must be in [0, 1)")
         if not 1 <= self.ensemble_k <= self.chunk_size:
             raise ConfigError(f"policy.ensemble_k={self.ensemble_k} must be in [1, chunk_size={self.chunk_size}]")

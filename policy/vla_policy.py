@@ -44,6 +44,7 @@ class VLAPolicy(nn.Module):
         self.obs_time_embed = nn.Parameter(torch.zeros(pc.n_obs_steps, 1, d)) if features.has_images else None
         self.text = TextEncoder(config.text, d)
         self.state_encoder = StateEncoder(config.state, features.state_dim, pc.n_obs_steps, d)
+        self.hidden_state_token = nn.Parameter(torch.zeros(d)) if pc.state_dropout > 0 else None
         self.fusion = FusionTransformer(config.fusion, d)
         self.head = build_head(config.action_head, d, config.fusion.n_queries, pc.chunk_size, features.action_dim)
         self.normalizer = Normalizer({OBS_STATE: features.state_dim, ACTION: features.action_dim},
@@ -90,7 +91,13 @@ class VLAPolicy(nn.Module):
             scene.insert(0, rearrange(tokens, "b t k d -> b (t k) d"))
         scene = torch.cat(scene, dim=1)
         pad = torch.zeros(scene.shape[:2], dtype=torch.bool, device=scene.device)
-        return self.fusion(scene, pad, self.state_encoder(state))
+        state_token = self.state_encoder(state)
+        if self.training and self.hidden_state_token is not None:
+            # Behaviour cloning's shortcut: the hand position along the demonstrated path already
+            # tells where the path goes. Hiding it at random makes vision carry the task.
+            hide = torch.rand(state_token.shape[0], 1, device=state_token.device) < self.config.policy.state_dropout
+            state_token = torch.where(hide, self.hidden_state_token.to(state_token.dtype), state_token)
+        return self.fusion(scene, pad, state_token)
 
     def _actions_in(self, obs: dict, actions: torch.Tensor) -> torch.Tensor:
         """Raw actions (B, H, A) -> normalized head targets (relative to the state if configured)."""

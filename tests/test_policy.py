@@ -151,3 +151,21 @@ def test_checkpoint_is_safetensors_and_json_without_the_frozen_text_model(tiny_t
 def test_loading_a_directory_that_is_not_a_checkpoint_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an EasyVLA checkpoint"):
         load_policy(tmp_path)
+
+
+def test_state_dropout_hides_the_state_only_in_training(tiny_text_model):
+    policy = make_policy(tiny_text_model, overrides=["policy.state_dropout=0.5", "fusion.dropout=0.0"])
+    batch = fake_batch(SMALL_FEATURES, policy.config, batch_size=64)
+    policy.train()
+    torch.manual_seed(0)
+    hidden = policy.encode(batch).query
+    other_state = {**batch, OBS_STATE: batch[OBS_STATE] + 5.0}
+    torch.manual_seed(0)  # the same samples are hidden: their context must not depend on the state
+    changed = policy.encode(other_state).query
+    unchanged = torch.isclose(hidden, changed, atol=1e-5).all(dim=-1).squeeze(1)
+    assert 10 < unchanged.sum() < 54  # about half the samples are hidden
+    policy.eval()
+    assert not torch.allclose(policy.encode(batch).query, policy.encode(other_state).query)
+    loss, _ = policy.train()(batch)
+    loss.backward()
+    assert policy.hidden_state_token.grad is not None
