@@ -96,3 +96,24 @@ def test_interrupted_collection_recovers(tmp_path, tiny_overrides):
     assert store.num_episodes == 2 and store.episodes[0] == kept
     assert store.episodes[0]["seed"] != store.episodes[1]["seed"]
     assert EpisodeStore(root).num_frames == store.num_frames
+
+
+def test_pusht_trains_from_a_zarr_and_evaluates(tmp_path, tiny_text_model, monkeypatch, capsys):
+    from test_pusht import synthetic_arrays, write_zarr
+
+    zarr_path = write_zarr(tmp_path / "pusht.zarr", synthetic_arrays(lengths=(6, 5)))
+    run = tmp_path / "runs" / "pusht_state"
+    overrides = [f"text.model_name={tiny_text_model}", f"data.root={tmp_path / 'data'}", f"data.path={zarr_path}",
+                 "env.max_episode_steps=20", "policy.d_model=32", "policy.chunk_size=4", "policy.n_action_steps=2",
+                 "fusion.n_heads=2", "state.hidden=32", "action_head.type=regression", "train.steps=2",
+                 "train.batch_size=4", "train.warmup_steps=1", "eval.every=0"]
+    run_train(monkeypatch, "--config", str(REPO / "configs" / "pusht_state.yaml"), "--run-dir", str(run),
+              "--no-final-eval", "--set", *overrides)
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--env", "pusht", "--runs-dir", str(tmp_path / "runs"),
+                                      "--episodes", "2", "--videos", "1"])
+    evaluate.main()
+    assert "| pusht |" in capsys.readouterr().out
+    result = json.loads(next(run.glob("eval_best_*.json")).read_text())["tasks"]["pusht"]
+    assert [e["seed"] for e in result["episodes_detail"]] == [1000, 1001]  # the benchmark's seeds
+    assert {"mean_max_reward", "mean_max_coverage", "mean_final_coverage", "ci95_low"} <= set(result)
+    assert list(run.glob("videos_eval_*/pusht_00.*"))
