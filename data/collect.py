@@ -60,7 +60,7 @@ def _expert_episode(env, seed: int) -> dict | None:
     states, actions, images = [], [], []
     success = False
     while True:
-        action = np.clip(env.expert_action(), -1.0, 1.0).astype(np.float32)
+        action = env.expert_action().astype(np.float32)  # the env clips to [-1, 1]
         states.append(obs[OBS_STATE])
         if OBS_IMAGE in obs:
             images.append(obs[OBS_IMAGE])

@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import os
 import shutil
-import socket
 import tempfile
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core.network import host_reachable
 from data.episode_store import EpisodeStore, EpisodeWriter
 from envs.config import EnvConfig
 from envs.pusht import CAMERAS, DEFAULT_INSTRUCTION, NATIVE_IMAGE_SIZE, STATE_VARIANTS, TASK_NAME
@@ -126,13 +126,7 @@ def import_pusht_zarr(zarr_path: str | Path, out_root: str | Path, state: str = 
 # -- locating the data ------------------------------------------------------------------------
 
 
-def _reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
-    """Whether a TCP connection to host:port opens within ``timeout`` seconds (offline machines fail fast)."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+_reachable = host_reachable  # module-level name, so tests can simulate being offline
 
 
 def _sha256(path: Path) -> str:

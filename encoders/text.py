@@ -2,12 +2,14 @@
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Literal
 
 import torch
 from torch import nn
 
 from core.configuration import doc_field
+from core.network import host_reachable
 
 OFFLINE_HINT = (
     "Point text.model_name at a local model directory instead, e.g. on a machine without a hub:\n"
@@ -24,20 +26,10 @@ class TextConfig:
     max_length: int = doc_field(64, "tokens kept per instruction")
 
 
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
+def _hub_reachable() -> bool:
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(constants.ENDPOINT).hostname
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return not constants.HF_HUB_OFFLINE and host_reachable(urlparse(constants.ENDPOINT).hostname)
 
 
 def load_text_model(name: str) -> tuple[nn.Module, object]:

@@ -7,6 +7,7 @@ normalization happens here, so callers never have to remember it.
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Literal
 
 import torch
@@ -15,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from core.configuration import ConfigError, doc_field
+from core.network import host_reachable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,18 +46,6 @@ def imagenet_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
-def _host_reachable(url: str, timeout: float = 1.0) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    host = urlparse(url).hostname
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def load_resnet18_weights(pretrained: str) -> dict[str, torch.Tensor] | None:
     """State dict for ``pretrained`` (imagenet | none | path); a clear error when offline."""
     if pretrained == "none":
@@ -64,7 +54,7 @@ def load_resnet18_weights(pretrained: str) -> dict[str, torch.Tensor] | None:
         path = imagenet_weights_path()
         if not path.is_file():
             url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-            if not _host_reachable(url):
+            if not host_reachable(urlparse(url).hostname, timeout=1.0):
                 raise FileNotFoundError(
                     f"ImageNet ResNet18 weights are not cached and {url} cannot be reached (offline?). "
                     f"Download {path.name} on a connected machine and put it at {path}, "
