@@ -6,7 +6,7 @@ setup(
     description="A small, modular Vision-Language-Action model you can train and study on a laptop GPU or a CPU",
     python_requires=">=3.10",
     packages=["core", "encoders", "fusion", "action_head", "policy", "envs", "data", "evaluation", "benchmarks"],
-    py_modules=["train", "evaluate"],
+    py_modules=["train", "evaluate", "ablate"],
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
@@ -24,6 +24,7 @@ setup(
         "zarr>=2.16",
         "imageio>=2.34",
         "imageio-ffmpeg>=0.5",
+        "matplotlib>=3.7",  # ablation plots
         "moviepy>=1.0.3,<2",  # TensorBoard add_video needs moviepy.editor (removed in moviepy 2)
     ],
     extras_require={

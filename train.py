@@ -2,6 +2,11 @@
 
     python train.py --config configs/metaworld_reach.yaml [--set action_head.type=flow train.steps=5000]
     python train.py --resume runs/metaworld_reach_20261122-101500      # continue a killed run exactly
+    torchrun --nproc_per_node=2 train.py --config configs/pusht_state.yaml   # DistributedDataParallel
+
+Under torchrun, train.batch_size is per process: the effective batch is batch_size x processes
+(printed at start, and recorded with the results); the learning rate is not rescaled. Rank 0 logs,
+checkpoints and evaluates.
 
 A run directory holds: config.yaml (resolved), tb/ (TensorBoard), checkpoints/latest and
 checkpoints/best (by success on validation layouts, never the evaluation ones), videos/ and
@@ -18,12 +23,14 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from core.configuration import to_dict
 from core.device import resolve_device
+from core.distributed import DistInfo, barrier, broadcast_object, init_distributed, replica_max_difference, shutdown
 from core.schema import Config, load_config
 from data.dataset import ChunkDataset, compute_stats
 from data.provision import ensure_dataset
@@ -53,15 +60,22 @@ def parse_args() -> argparse.Namespace:
 
 
 class StepBatchSampler:
-    """Batch ``step`` is drawn from a generator seeded by (seed, step): resuming at any step is exact."""
+    """Batch ``step`` is drawn from a generator seeded by (seed, step): resuming at any step is exact.
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int):
+    Distributed, every rank draws the same global batch of ``batch_size * world_size`` indices and
+    takes its own slice, so the ranks see disjoint samples without any communication.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
+                 world_size: int = 1):
         self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self):
         for step in range(self.start, self.stop):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            yield torch.randint(self.n, (self.batch_size,), generator=g).tolist()
+            indices = torch.randint(self.n, (self.batch_size * self.world_size,), generator=g)
+            yield indices[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist()
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -76,9 +90,9 @@ def warmup_cosine(warmup: int, total: int):
 
 
 def save_checkpoint(directory: Path, policy: VLAPolicy, optimizer, scheduler, ema: EMA | None,
-                    step: int, best: float) -> None:
+                    step: int, best: float, seconds: float) -> None:
     """The weights to evaluate (EMA if enabled) plus everything --resume needs, atomically."""
-    state = {"step": step, "best_val_success": best, "optimizer": optimizer.state_dict(),
+    state = {"step": step, "best_val_success": best, "train_seconds": seconds, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
              "raw_weights": policy.state_dict() if ema else None, "ema": ema.shadow if ema else None}
     if torch.cuda.is_available():
@@ -110,17 +124,30 @@ def main() -> None:
     else:
         config = load_config(args.config, args.set)
         run_dir = args.run_dir or Path("runs") / f"{Path(args.config).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    info, device = init_distributed(resolve_device(config.device))
+    try:
+        train(args, config, broadcast_object(run_dir, info), device, info)
+    finally:
+        shutdown(info)
 
-    # Data: collected or imported on first use, then reused; shapes come from it.
-    store, episodes = ensure_dataset(config)
+
+def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch.device, info: DistInfo) -> None:
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    torch.manual_seed(config.seed)
+
+    # Data: collected or imported on first use (by rank 0 alone), then reused; shapes come from it.
+    if not info.is_main:
+        barrier(info)
+    store, episodes = ensure_dataset(config, progress=info.is_main)
+    if info.is_main:
+        barrier(info)
     if store.features != features_for(config.env):
         raise ValueError(f"dataset {store.root} has {store.features}, the config describes {features_for(config.env)}")
     dataset = ChunkDataset(store, config.policy.n_obs_steps, config.policy.chunk_size, episodes)
-    print(f"data: {store.root} ({len(episodes)} episodes, {len(dataset)} samples)")
+    log = print if info.is_main else (lambda *_: None)
+    log(f"data: {store.root} ({len(episodes)} episodes, {len(dataset)} samples)")
 
     # Model, optimizer, schedule.
     policy = VLAPolicy(config, store.features)
@@ -129,14 +156,16 @@ def main() -> None:
     if config.train.channels_last:
         policy.to(memory_format=torch.channels_last)
     counts = policy.parameter_counts()
-    print(f"policy: {counts['trainable'] / 1e6:.2f}M trainable, {counts['frozen'] / 1e6:.2f}M frozen parameters; "
-          f"head {config.action_head.type}; device {device}")
+    log(f"policy: {counts['trainable'] / 1e6:.2f}M trainable, {counts['frozen'] / 1e6:.2f}M frozen parameters; "
+        f"head {config.action_head.type}; device {device}")
+    log(f"batch: {config.train.batch_size} per process x {info.world_size} process(es) = "
+        f"{config.train.batch_size * info.world_size} effective")
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps,
                                                                            config.train.steps))
     ema = EMA(policy, config.train.ema_decay) if config.train.ema_decay > 0 else None
-    start_step, best = 0, -1.0
+    start_step, best, seconds_before = 0, -1.0, 0.0  # seconds: training wall clock of earlier (resumed) runs
     if args.resume:
         state = torch.load(run_dir / "checkpoints" / "latest" / TRAINING_STATE, weights_only=True)
         load_weights(policy, run_dir / "checkpoints" / "latest")
@@ -148,23 +177,34 @@ def main() -> None:
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        start_step, best = state["step"], state["best_val_success"]
-        print(f"resumed {run_dir} at step {start_step}")
+        start_step, best, seconds_before = state["step"], state["best_val_success"], state["train_seconds"]
+        log(f"resumed {run_dir} at step {start_step}")
+    model = policy
+    if info.enabled:  # gradients are averaged over ranks in backward; `policy` stays the plain module
+        model = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(config.seed * 1_000_003 + 7919 * info.rank + start_step)  # own noise per rank
 
     loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), config.train.batch_size, config.seed,
-                                                                start_step, config.train.steps),
+                                                                start_step, config.train.steps, info.rank,
+                                                                info.world_size),
                         num_workers=config.train.num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.train.precision == "bf16"
                 else contextlib.nullcontext())
-    writer = SummaryWriter(run_dir / "tb")
+    writer = SummaryWriter(run_dir / "tb") if info.is_main else None
     policy.train()
     step = start_step
-    bar = tqdm(loader, initial=start_step, total=config.train.steps, desc="train", dynamic_ncols=True)
+    started = time.monotonic()
+
+    def elapsed() -> float:
+        return seconds_before + time.monotonic() - started
+
+    bar = tqdm(loader, initial=start_step, total=config.train.steps, desc="train", dynamic_ncols=True,
+               disable=not info.is_main)
     for batch in bar:
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast:
-            loss, metrics = policy(batch)
+            loss, metrics = model(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.train.grad_clip or float("inf"))
@@ -174,10 +214,15 @@ def main() -> None:
             ema.update(policy)
         step += 1
 
+        if not info.is_main:  # the other ranks only train
+            if args.stop_after is not None and step >= args.stop_after:
+                return
+            continue
         if step % config.train.log_every == 0 or step == config.train.steps:
             writer.add_scalar("train/loss", loss.item(), step)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
             writer.add_scalar("train/grad_norm", grad_norm.item(), step)
+            writer.add_scalar("train/minutes", elapsed() / 60, step)  # learning curves against wall clock
             for name, value in metrics.items():
                 writer.add_scalar(f"train/{name}", value, step)
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
@@ -186,24 +231,36 @@ def main() -> None:
             tqdm.write(f"step {step}: validation success {success:.0%} (best {max(best, success):.0%})")
             if success > best:
                 best = success
-                save_checkpoint(run_dir / "checkpoints" / "best", policy, optimizer, scheduler, ema, step, best)
+                save_checkpoint(run_dir / "checkpoints" / "best", policy, optimizer, scheduler, ema, step, best,
+                                elapsed())
         if step % config.train.save_every == 0 or step == config.train.steps:
-            save_checkpoint(run_dir / "checkpoints" / "latest", policy, optimizer, scheduler, ema, step, best)
+            save_checkpoint(run_dir / "checkpoints" / "latest", policy, optimizer, scheduler, ema, step, best,
+                            elapsed())
         if args.stop_after is not None and step >= args.stop_after:
             print(f"stopping after step {step} (--stop-after)")
             return
     bar.close()
+    train_seconds = elapsed()
+    if info.enabled:
+        difference = replica_max_difference(policy, info)
+        log(f"replicas after {step} steps: max parameter difference from rank 0 = {difference:.3g}")
+        if not info.is_main:
+            return
 
     # No validation rollouts during training: the last weights are the ones to evaluate.
     best_dir = run_dir / "checkpoints" / "best"
     if not best_dir.exists():
-        save_checkpoint(best_dir, policy, optimizer, scheduler, ema, step, best)
+        save_checkpoint(best_dir, policy, optimizer, scheduler, ema, step, best, train_seconds)
     writer.close()
     if args.no_final_eval:
         return
     final = load_policy(best_dir, device)
     result = evaluate_policy(final, config, split="eval", videos=config.eval.videos, video_dir=run_dir / "videos")
     result.pop("video_frames")
+    result["training"] = {"steps": step, "batch_size": config.train.batch_size, "processes": info.world_size,
+                          "effective_batch_size": config.train.batch_size * info.world_size,
+                          "seconds": round(train_seconds, 1), "device": str(device),
+                          "checkpoint": "best on validation" if best >= 0 else "last"}
     (run_dir / "eval_results.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))
     print(f"results: {run_dir / 'eval_results.json'}")

@@ -10,11 +10,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 
 def learning_curve(run_dir: Path, tag: str = "val/success_rate") -> list[tuple[int, float, float]]:
-    """(step, minutes since the first logged scalar, value) for each logged point of ``tag``."""
+    """(step, minutes since the first logged scalar, value) for each logged point of ``tag`` ([] if none)."""
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
     if tag not in events.Tags()["scalars"]:
-        raise SystemExit(f"{run_dir}: no '{tag}' in the TensorBoard log; tags: {events.Tags()['scalars']}")
+        return []
     start = min(e.wall_time for t in events.Tags()["scalars"] for e in events.Scalars(t))
     return [(e.step, (e.wall_time - start) / 60, e.value) for e in events.Scalars(tag)]
 
@@ -24,8 +24,11 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--tag", default="val/success_rate")
     args = parser.parse_args()
+    curve = learning_curve(args.run_dir, args.tag)
+    if not curve:
+        raise SystemExit(f"{args.run_dir}: no '{args.tag}' in the TensorBoard log")
     print(f"| step | minutes | {args.tag} |\n|---|---|---|")
-    for step, minutes, value in learning_curve(args.run_dir, args.tag):
+    for step, minutes, value in curve:
         print(f"| {step} | {minutes:.1f} | {value:.2f} |")
 
 

@@ -108,6 +108,20 @@ def format_report(name: str, config: Config, report: MemoryReport) -> str:
             + f" | frozen language model on CPU, outside the step: {report.language_model_bytes / 2**20:.1f} MiB")
 
 
+def memory_table(config_paths: list[str], overrides: list[str], heads: list[str]) -> str:
+    """Markdown: parameters and peak training-step memory per config and head, against 1 GiB."""
+    lines = ["| config | head | batch | precision | trainable params | peak training step (MiB) | "
+             "under 1 GiB? | frozen LM, CPU, outside the step (MiB) |", "|---|---|---|---|---|---|---|---|"]
+    for path in config_paths:
+        for head in heads:
+            config = load_config(path, [*overrides, f"action_head.type={head}"])
+            r = measure(config, device="cpu")
+            lines.append(f"| {path} | {head} | {config.train.batch_size} | {config.train.precision} | "
+                         f"{r.trainable_params / 1e6:.2f}M | {r.peak_bytes / 2**20:.0f} | "
+                         f"{'yes' if r.peak_bytes < BUDGET_BYTES else 'NO'} | {r.language_model_bytes / 2**20:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", required=True, help="YAML config (repeatable)")

@@ -7,6 +7,7 @@ import torch
 
 from benchmarks.live_memory import LiveStorageTracker
 from benchmarks.memory import BUDGET_BYTES, measure
+from conftest import small_config
 from core.schema import load_config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
@@ -46,3 +47,23 @@ def test_default_configs_train_under_one_gib(path, tiny_text_model):
     assert report.resident_bytes > 4 * 4 * report.trainable_params * 0.9  # params, grads, 2 AdamW moments
     assert report.peak_bytes > report.resident_bytes
     assert report.peak_bytes < BUDGET_BYTES, f"{path.name}: {report.peak_bytes / 2**20:.0f} MiB"
+
+
+def test_flop_count_is_per_sample_and_covers_the_model(tiny_text_model):
+    from benchmarks.throughput import build, flops_per_sample
+
+    per_sample = []
+    for batch_size in (2, 4):
+        config = small_config(tiny_text_model, "diffusion", [f"train.batch_size={batch_size}"])
+        policy, _, batch = build(config)
+        per_sample.append(flops_per_sample(policy, batch, "fp32"))
+    assert per_sample[0] == pytest.approx(per_sample[1], rel=0.02)
+    # Forward and backward touch every weight at least twice per sample (multiply and add).
+    assert per_sample[0] > 4 * policy.parameter_counts()["trainable"]
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    from benchmarks.throughput import matmul_peak
+
+    peak = matmul_peak("fp32", size=256, repeats=2)
+    assert 1e8 < peak < 1e13  # 0.1 GFLOP/s .. 10 TFLOP/s on any CPU this runs on

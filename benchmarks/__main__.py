@@ -1,0 +1,75 @@
+"""Every benchmark in one command, as Markdown tables (the README's numbers come from here).
+
+    python -m benchmarks [--set text.model_name=PATH] [--out results/benchmarks.md] [--quick]
+
+1. Training throughput per head and precision on the Meta-World reach config, with the fraction of
+   this machine's matmul peak measured in the same run, and a profile of the bf16 step.
+2. ``select_action`` latency at batch 1 per head, against 80 Hz (Meta-World) and 10 Hz (PushT).
+3. Parameters and peak training-step memory per config and head, against the 1 GiB budget.
+4. Throughput and memory against batch size, cameras and chunk size.
+Synthetic inputs of each config's shapes; no data or environment is needed. About 10 minutes on 2 cores.
+"""
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from action_head import HEADS
+from benchmarks import latency, memory, scaling, throughput
+from core.schema import load_config
+
+REACH = "configs/metaworld_reach.yaml"
+LATENCY_CONFIGS = ["configs/metaworld_reach.yaml", "configs/pusht.yaml"]
+MEMORY_CONFIGS = ["configs/metaworld_reach.yaml", "configs/metaworld_mt10.yaml", "configs/pusht.yaml",
+                  "configs/pusht_state.yaml"]
+
+
+def throughput_table(overrides: list[str], heads: list[str], steps: int) -> str:
+    lines = ["| head | precision | batch | samples/s | GFLOP/sample | achieved GFLOP/s | matmul peak GFLOP/s | "
+             "of peak |", "|---|---|---|---|---|---|---|---|"]
+    for head in heads:
+        for precision in throughput.DTYPES:
+            config = load_config(REACH, [*overrides, f"action_head.type={head}", f"train.precision={precision}"])
+            r = throughput.measure(config, steps)
+            lines.append(f"| {head} | {precision} | {config.train.batch_size} | {r.samples_per_s:.1f} | "
+                         f"{r.gflops_per_sample:.2f} | {r.achieved_gflops:.1f} | {r.peak_gflops:.0f} | "
+                         f"{r.fraction_of_peak:.0%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every config")
+    parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
+    parser.add_argument("--quick", action="store_true", help="fewer steps and calls (a smoke run)")
+    args = parser.parse_args()
+    heads = HEADS.names()
+    steps, calls = (2, 16) if args.quick else (6, 200)
+    sections = [f"# EasyVLA benchmarks\n\n{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or 'cpu'}, "
+                f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU. Overrides: "
+                f"{' '.join(args.set) or 'none'}."]
+
+    def section(title: str, body: str) -> None:
+        sections.append(f"## {title}\n\n{body}")
+        print(f"\n## {title}\n\n{body}", flush=True)
+
+    section(f"Training throughput ({REACH}; synthetic batch)", throughput_table(args.set, heads, steps))
+    config = load_config(REACH, [*args.set, f"action_head.type={heads[0]}", "train.precision=bf16"])
+    section(f"Where a bf16 training step's time goes ({heads[0]} head, 3 steps, top operators by self time)",
+            f"```\n{throughput.profile_step(config)}\n```")
+    for path in LATENCY_CONFIGS:
+        section(f"select_action latency at batch 1 ({path})", latency.latency_table(path, args.set, heads, calls))
+    section("Parameters and peak training-step memory", memory.memory_table(MEMORY_CONFIGS, args.set, heads))
+    axes = scaling.AXES if not args.quick else {k: v[:2] for k, v in scaling.AXES.items()}
+    section(f"Scaling ({REACH}, diffusion head, its precision)", scaling.scaling_table(REACH, args.set, axes))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n\n".join(sections) + "\n")
+        print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Training throughput (samples/s) and how much of this machine's matmul peak it uses.
+
+    python -m benchmarks.throughput --config configs/metaworld_reach.yaml [--heads diffusion flow] [--profile]
+
+For each head and precision: steady-state samples per second of a full training step (forward,
+backward, AdamW) on synthetic data of the config's shapes; model FLOPs per sample counted by
+``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention; forward and
+backward); and their product as a fraction of the matmul peak of the same dtype, measured in the
+same run (a large square ``torch.mm``), since this machine is shared and noisy.
+"""
+
+import argparse
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from action_head import HEADS
+from benchmarks.memory import synthetic_batch, training_step, unit_normalizer_stats
+from core.keys import TASK
+from core.schema import Config, load_config
+from envs import features_for
+from policy.vla_policy import VLAPolicy
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_peak(precision: str, size: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of a square matmul in ``precision`` on the current threads (the achievable roof)."""
+    a, b = (torch.randn(size, size).to(DTYPES[precision]) for _ in range(2))
+    torch.mm(a, b)  # warm-up: kernels chosen, pages touched
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def build(config: Config):
+    torch.manual_seed(config.seed)
+    features = features_for(config.env)
+    policy = VLAPolicy(config, features)
+    policy.normalizer.fit(unit_normalizer_stats(features))
+    policy.train()
+    if config.train.channels_last:
+        policy.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.train.lr)
+    batch = synthetic_batch(features, config, config.train.batch_size, torch.device("cpu"))
+    policy.text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
+    return policy, optimizer, batch
+
+
+def flops_per_sample(policy: VLAPolicy, batch: dict, precision: str) -> float:
+    """Forward + backward FLOPs of one training step, divided by the batch size."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with FlopCounterMode(display=False) as counter:
+        with autocast:
+            loss, _ = policy(batch)
+        loss.backward()
+    policy.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(batch[TASK])
+
+
+@dataclass
+class Throughput:
+    samples_per_s: float
+    gflops_per_sample: float
+    achieved_gflops: float
+    peak_gflops: float
+
+    @property
+    def fraction_of_peak(self) -> float:
+        return self.achieved_gflops / self.peak_gflops
+
+
+def measure(config: Config, steps: int = 6, warmup: int = 2) -> Throughput:
+    """Steady-state training throughput of ``config`` at its batch size and precision, on the CPU."""
+    policy, optimizer, batch = build(config)
+    precision = config.train.precision
+    flops = flops_per_sample(policy, batch, precision)
+    for _ in range(warmup):
+        training_step(policy, optimizer, batch, precision)
+    start = time.perf_counter()
+    for _ in range(steps):
+        training_step(policy, optimizer, batch, precision)
+    samples_per_s = steps * config.train.batch_size / (time.perf_counter() - start)
+    peak = matmul_peak(precision)
+    return Throughput(samples_per_s, flops / 1e9, flops * samples_per_s / 1e9, peak / 1e9)
+
+
+def profile_step(config: Config, rows: int = 12) -> str:
+    """Where a training step's time goes: the top operators by their own CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    policy, optimizer, batch = build(config)
+    for _ in range(2):
+        training_step(policy, optimizer, batch, config.train.precision)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            training_step(policy, optimizer, batch, config.train.precision)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--heads", nargs="*", default=HEADS.names())
+    parser.add_argument("--precisions", nargs="*", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--steps", type=int, default=6, help="timed training steps per measurement")
+    parser.add_argument("--profile", action="store_true", help="also profile the first head in bf16")
+    args = parser.parse_args()
+    print(f"{args.config}, {torch.get_num_threads()} threads, cpu")
+    print("| head | precision | batch | samples/s | GFLOP/sample | achieved GFLOP/s | matmul peak GFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    for head in args.heads:
+        for precision in args.precisions:
+            config = load_config(args.config, [*args.set, f"action_head.type={head}", f"train.precision={precision}"])
+            r = measure(config, args.steps)
+            print(f"| {head} | {precision} | {config.train.batch_size} | {r.samples_per_s:.1f} | "
+                  f"{r.gflops_per_sample:.2f} | {r.achieved_gflops:.1f} | {r.peak_gflops:.0f} | "
+                  f"{r.fraction_of_peak:.0%} |", flush=True)
+    if args.profile:
+        config = load_config(args.config, [*args.set, f"action_head.type={args.heads[0]}", "train.precision=bf16"])
+        print(f"\nprofile: {args.heads[0]}, bf16, batch {config.train.batch_size} (3 steps)\n{profile_step(config)}")
+
+
+if __name__ == "__main__":
+    main()
