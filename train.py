@@ -9,7 +9,8 @@ Under torchrun, train.batch_size is per process: the effective batch is batch_si
 checkpoints and evaluates.
 
 A run directory holds: config.yaml (resolved), tb/ (TensorBoard), checkpoints/latest and
-checkpoints/best (by success on validation layouts, never the evaluation ones), videos/ and
+checkpoints/best (by validation success, or for PushT the validation score, the average max
+coverage reward; ties go to the later checkpoint; never chosen on evaluation seeds), videos/ and
 eval_results.json (the held-out evaluation of the best checkpoint, at the end).
 """
 
@@ -92,7 +93,7 @@ def warmup_cosine(warmup: int, total: int):
 def save_checkpoint(directory: Path, policy: VLAPolicy, optimizer, scheduler, ema: EMA | None,
                     step: int, best: float, seconds: float) -> None:
     """The weights to evaluate (EMA if enabled) plus everything --resume needs, atomically."""
-    state = {"step": step, "best_val_success": best, "train_seconds": seconds, "optimizer": optimizer.state_dict(),
+    state = {"step": step, "best_val_metric": best, "train_seconds": seconds, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
              "raw_weights": policy.state_dict() if ema else None, "ema": ema.shadow if ema else None}
     if torch.cuda.is_available():
@@ -102,6 +103,7 @@ def save_checkpoint(directory: Path, policy: VLAPolicy, optimizer, scheduler, em
 
 
 def validate(policy: VLAPolicy, config: Config, ema: EMA | None, writer: SummaryWriter, step: int) -> float:
+    """Roll out on validation layouts/seeds; returns the number that picks 'best' (higher is better)."""
     with ema.applied(policy) if ema else contextlib.nullcontext():
         result = evaluate_policy(policy, config, split="val", episodes=config.eval.val_episodes,
                                  videos=1, progress=False)
@@ -113,6 +115,9 @@ def validate(policy: VLAPolicy, config: Config, ema: EMA | None, writer: Summary
     if result["video_frames"]:
         video = torch.from_numpy(result["video_frames"][0]).permute(0, 3, 1, 2)[None]  # (1, T, 3, H, W)
         writer.add_video("val/rollout", video[:, ::2], step, fps=20)
+    if "mean_max_reward" in result["overall"]:  # PushT: the Diffusion Policy score, finer-grained than success
+        writer.add_scalar("val/score", result["overall"]["mean_max_reward"], step)
+        return result["overall"]["mean_max_reward"]
     return success
 
 
@@ -177,7 +182,7 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        start_step, best, seconds_before = state["step"], state["best_val_success"], state["train_seconds"]
+        start_step, best, seconds_before = state["step"], state["best_val_metric"], state["train_seconds"]
         log(f"resumed {run_dir} at step {start_step}")
     model = policy
     if info.enabled:  # gradients are averaged over ranks in backward; `policy` stays the plain module
@@ -227,10 +232,11 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch
                 writer.add_scalar(f"train/{name}", value, step)
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
         if config.eval.every and step % config.eval.every == 0 and config.eval.val_episodes:
-            success = validate(policy, config, ema, writer, step)
-            tqdm.write(f"step {step}: validation success {success:.0%} (best {max(best, success):.0%})")
-            if success > best:
-                best = success
+            metric = validate(policy, config, ema, writer, step)
+            tqdm.write(f"step {step}: validation {'score' if config.env.name == 'pusht' else 'success'} "
+                       f"{metric:.2f} (best {max(best, metric):.2f})")
+            if metric >= best:  # a tie goes to the later, longer-trained checkpoint
+                best = metric
                 save_checkpoint(run_dir / "checkpoints" / "best", policy, optimizer, scheduler, ema, step, best,
                                 elapsed())
         if step % config.train.save_every == 0 or step == config.train.steps:

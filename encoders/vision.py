@@ -32,10 +32,12 @@ class VisionConfig:
     feature_layer: Literal["layer3", "layer4"] = doc_field(
         "layer4", "stage whose map becomes tokens: layer3 keeps 2x finer spatial detail (stride 16)")
     augment_shift: int = doc_field(0, "random shift by up to this many pixels during training (0 = off)")
+    crop: int = doc_field(0, "Diffusion Policy crop: a random crop x crop window in training, the center one "
+                             "when evaluating (0 = off; PushT: 84 of 96)")
 
     def __post_init__(self):
-        if self.augment_shift < 0:
-            raise ConfigError("vision.augment_shift must be >= 0")
+        if self.augment_shift < 0 or self.crop < 0:
+            raise ConfigError("vision.augment_shift and vision.crop must be >= 0")
         if self.trainable == "layer4" and self.feature_layer == "layer3":
             raise ConfigError("vision.trainable=layer4 with feature_layer=layer3 would train nothing in the trunk")
 
@@ -107,7 +109,10 @@ class VisionEncoder(nn.Module):
         stages = stages[: stages.index(config.feature_layer) + 1]
         self.trunk = nn.Sequential(*[getattr(resnet, name) for name in stages])
         channels, stride = _STAGES[config.feature_layer]
-        self.grid = (math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride))
+        if config.crop > min(image_size):
+            raise ValueError(f"vision.crop={config.crop} is larger than the {tuple(image_size)} images")
+        seen = (config.crop, config.crop) if config.crop else tuple(image_size)  # what the trunk sees
+        self.grid = (math.ceil(seen[0] / stride), math.ceil(seen[1] / stride))
         self.proj = nn.Conv2d(channels, d_model, kernel_size=1)
         self.row_embed = nn.Parameter(torch.randn(self.grid[0], 1, d_model) * 0.02)
         self.col_embed = nn.Parameter(torch.randn(1, self.grid[1], d_model) * 0.02)
@@ -136,17 +141,32 @@ class VisionEncoder(nn.Module):
     def tokens_per_image(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    @staticmethod
+    def _windows(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Image i's (h, w) window at (top[i], left[i])."""
+        n, c, _, width = x.shape
+        rows = (top[:, None] + torch.arange(h, device=x.device)[None])[:, None, :, None].expand(n, c, h, width)
+        cols = (left[:, None] + torch.arange(w, device=x.device)[None])[:, None, None, :].expand(n, c, h, w)
+        return x.gather(2, rows).gather(3, cols)
+
     def _random_shift(self, x: torch.Tensor) -> torch.Tensor:
         """DrQ-style augmentation: pad by replication, crop back at a random offset per image."""
         pad = self.config.augment_shift
         n, _, h, w = x.shape
         padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-        dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device)[None])[:, None, :, None].expand(n, 3, h, w + 2 * pad)
-        padded = padded.gather(2, rows)
-        cols = (dx[:, None] + torch.arange(w, device=x.device)[None])[:, None, None, :].expand(n, 3, h, w)
-        return padded.gather(3, cols)
+        offsets = torch.randint(0, 2 * pad + 1, (2, n), device=x.device)
+        return self._windows(padded, offsets[0], offsets[1], h, w)
+
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+        """A random window per image in training, the center window otherwise."""
+        size, (n, _, h, w) = self.config.crop, x.shape
+        if self.training:
+            top = torch.randint(0, h - size + 1, (n,), device=x.device)
+            left = torch.randint(0, w - size + 1, (n,), device=x.device)
+        else:
+            top = torch.full((n,), (h - size) // 2, device=x.device)
+            left = torch.full((n,), (w - size) // 2, device=x.device)
+        return self._windows(x, top, left, size, size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """
@@ -164,6 +184,8 @@ class VisionEncoder(nn.Module):
         x = x.float() / 255.0 if images.dtype == torch.uint8 else x.float()
         if self.training and self.config.augment_shift > 0:
             x = self._random_shift(x)
+        if self.config.crop:
+            x = self._crop(x)
         x = (x - self.mean) / self.std
         if self.trunk[0].weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)  # the model was put in channels-last

@@ -30,6 +30,25 @@ def test_vision_tokens_know_where_and_which_camera_they_came_from():
     assert torch.unique(tokens.round(decimals=5), dim=0).shape[0] == tokens.shape[0]
 
 
+def test_crop_is_random_in_training_and_centered_in_evaluation():
+    encoder = vision(crop=48)
+    assert encoder.grid == (2, 2)  # tokens come from the 48x48 window, not the 64x96 image
+    x = torch.arange(4 * 3 * 64 * 96, dtype=torch.float32).view(4, 3, 64, 96)
+    encoder.eval()
+    assert torch.equal(encoder._crop(x), x[:, :, 8:56, 24:72])
+    encoder.train()
+    torch.manual_seed(1)
+    crops = encoder._crop(x)
+    starts = set()
+    for image, crop in zip(x, crops):
+        top, left = divmod(int(crop[0, 0, 0].item()) % (64 * 96), 96)  # the window's top-left pixel
+        assert torch.equal(crop, image[:, top:top + 48, left:left + 48])
+        starts.add((top, left))
+    assert len(starts) > 1
+    with pytest.raises(ValueError, match="larger than"):
+        vision(crop=65)
+
+
 def test_vision_rejects_wrong_shapes():
     with pytest.raises(ValueError, match="must be"):
         vision()(torch.zeros(1, 3, 3, 64, 96, dtype=torch.uint8))
