@@ -12,11 +12,12 @@ command again: finished cells are kept, an unfinished one resumes from its last 
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from evaluation.ablation import expand, parse_grid, run_cell, validate_cells, write_report
+from evaluation.ablation import check_same_grid, expand, parse_grid, run_cell, validate_cells, write_report
 
 
 def main() -> None:
@@ -33,24 +34,26 @@ def main() -> None:
     cells = expand(parse_grid(args.grid))
     validate_cells(args.config, args.set, cells)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "command.txt").write_text(
-        f"python ablate.py --config {args.config} --grid {' '.join(args.grid)} "
-        f"--set {' '.join(args.set)} --out {args.out}\n")
-    results = {}
+    if not args.report_only:
+        check_same_grid(args.out, {"config": args.config, "grid": args.grid, "set": args.set})
+    results, failed = {}, []
     for cell in tqdm(cells, desc="ablation cells", dynamic_ncols=True):
-        if args.report_only:
-            try:
-                results[cell] = run_cell(cell, args.config, args.set, args.out, train=False)
-            except FileNotFoundError:
-                continue
-        else:
-            results[cell] = run_cell(cell, args.config, args.set, args.out)
-            tqdm.write(f"{cell.name}: success {results[cell]['overall']['success_rate']:.0%}")
+        try:
+            results[cell] = run_cell(cell, args.config, args.set, args.out, train=not args.report_only)
+        except FileNotFoundError:  # --report-only: not finished yet
+            continue
+        except RuntimeError as error:  # one broken cell should not cost the others
+            failed.append(cell.name)
+            tqdm.write(str(error))
+            continue
+        tqdm.write(f"{cell.name}: success {results[cell]['overall']['success_rate']:.0%}")
     if not results:
         raise SystemExit(f"no finished cells under {args.out / 'runs'}")
     table = write_report(cells, results, args.out, f"Ablation of {args.config}")
     print(table)
     print(f"report: {args.out / 'summary.md'}, {args.out / 'runs.csv'}, {args.out / 'ablation.png'}")
+    if failed:
+        sys.exit(f"{len(failed)} cell(s) failed: {failed}; rerun the same command to retry them")
 
 
 if __name__ == "__main__":

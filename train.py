@@ -63,8 +63,8 @@ def parse_args() -> argparse.Namespace:
 class StepBatchSampler:
     """Batch ``step`` is drawn from a generator seeded by (seed, step): resuming at any step is exact.
 
-    Distributed, every rank draws the same global batch of ``batch_size * world_size`` indices and
-    takes its own slice, so the ranks see disjoint samples without any communication.
+    Distributed, every rank draws the same global batch of ``batch_size * world_size`` indices (with
+    replacement) and takes its own slice, so the ranks split each batch without any communication.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
@@ -91,9 +91,10 @@ def warmup_cosine(warmup: int, total: int):
 
 
 def save_checkpoint(directory: Path, policy: VLAPolicy, optimizer, scheduler, ema: EMA | None,
-                    step: int, best: float, seconds: float) -> None:
+                    step: int, best: float, seconds: float, world_size: int) -> None:
     """The weights to evaluate (EMA if enabled) plus everything --resume needs, atomically."""
-    state = {"step": step, "best_val_metric": best, "train_seconds": seconds, "optimizer": optimizer.state_dict(),
+    state = {"step": step, "best_val_metric": best, "train_seconds": seconds, "world_size": world_size,
+             "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
              "raw_weights": policy.state_dict() if ema else None, "ema": ema.shadow if ema else None}
     if torch.cuda.is_available():
@@ -142,10 +143,12 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     torch.manual_seed(config.seed)
 
-    # Data: collected or imported on first use (by rank 0 alone), then reused; shapes come from it.
+    # Data: collected or imported on first use, then reused; shapes come from it. Distributed, rank 0
+    # collects and caches the statistics first, then the other ranks read what it wrote.
     if not info.is_main:
         barrier(info)
     store, episodes = ensure_dataset(config, progress=info.is_main)
+    stats = compute_stats(store, config.policy.relative_actions, config.policy.chunk_size)
     if info.is_main:
         barrier(info)
     if store.features != features_for(config.env):
@@ -156,7 +159,7 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch
 
     # Model, optimizer, schedule.
     policy = VLAPolicy(config, store.features)
-    policy.normalizer.fit(compute_stats(store, config.policy.relative_actions, config.policy.chunk_size))
+    policy.normalizer.fit(stats)
     policy.to(device)
     if config.train.channels_last:
         policy.to(memory_format=torch.channels_last)
@@ -182,7 +185,11 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        start_step, best, seconds_before = state["step"], state["best_val_metric"], state["train_seconds"]
+        if state.get("world_size", 1) != info.world_size:
+            raise SystemExit(f"{run_dir} was trained by {state.get('world_size', 1)} process(es); resume it with as "
+                             f"many (now {info.world_size}), since the effective batch and data slices depend on it")
+        start_step, best = state["step"], state.get("best_val_metric", state.get("best_val_success", -1.0))
+        seconds_before = state.get("train_seconds", 0.0)  # absent in checkpoints from before it was recorded
         log(f"resumed {run_dir} at step {start_step}")
     model = policy
     if info.enabled:  # gradients are averaged over ranks in backward; `policy` stays the plain module
@@ -238,10 +245,10 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch
             if metric >= best:  # a tie goes to the later, longer-trained checkpoint
                 best = metric
                 save_checkpoint(run_dir / "checkpoints" / "best", policy, optimizer, scheduler, ema, step, best,
-                                elapsed())
+                                elapsed(), info.world_size)
         if step % config.train.save_every == 0 or step == config.train.steps:
             save_checkpoint(run_dir / "checkpoints" / "latest", policy, optimizer, scheduler, ema, step, best,
-                            elapsed())
+                            elapsed(), info.world_size)
         if args.stop_after is not None and step >= args.stop_after:
             print(f"stopping after step {step} (--stop-after)")
             return
@@ -250,13 +257,15 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch
     if info.enabled:
         difference = replica_max_difference(policy, info)
         log(f"replicas after {step} steps: max parameter difference from rank 0 = {difference:.3g}")
+        if difference != 0:
+            raise RuntimeError("the DDP replicas drifted apart; a parameter may be updated outside backward")
         if not info.is_main:
             return
 
     # No validation rollouts during training: the last weights are the ones to evaluate.
     best_dir = run_dir / "checkpoints" / "best"
     if not best_dir.exists():
-        save_checkpoint(best_dir, policy, optimizer, scheduler, ema, step, best, train_seconds)
+        save_checkpoint(best_dir, policy, optimizer, scheduler, ema, step, best, train_seconds, info.world_size)
     writer.close()
     if args.no_final_eval:
         return

@@ -27,19 +27,6 @@ MEMORY_CONFIGS = ["configs/metaworld_reach.yaml", "configs/metaworld_mt10.yaml",
                   "configs/pusht_state.yaml"]
 
 
-def throughput_table(overrides: list[str], heads: list[str], steps: int) -> str:
-    lines = ["| head | precision | batch | samples/s | GFLOP/sample | achieved GFLOP/s | matmul peak GFLOP/s | "
-             "of peak |", "|---|---|---|---|---|---|---|---|"]
-    for head in heads:
-        for precision in throughput.DTYPES:
-            config = load_config(REACH, [*overrides, f"action_head.type={head}", f"train.precision={precision}"])
-            r = throughput.measure(config, steps)
-            lines.append(f"| {head} | {precision} | {config.train.batch_size} | {r.samples_per_s:.1f} | "
-                         f"{r.gflops_per_sample:.2f} | {r.achieved_gflops:.1f} | {r.peak_gflops:.0f} | "
-                         f"{r.fraction_of_peak:.0%} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every config")
@@ -56,7 +43,8 @@ def main() -> None:
         sections.append(f"## {title}\n\n{body}")
         print(f"\n## {title}\n\n{body}", flush=True)
 
-    section(f"Training throughput ({REACH}; synthetic batch)", throughput_table(args.set, heads, steps))
+    section(f"Training throughput ({REACH}; synthetic batch)",
+            throughput.throughput_table(REACH, args.set, heads, list(throughput.DTYPES), steps))
     config = load_config(REACH, [*args.set, f"action_head.type={heads[0]}", "train.precision=bf16"])
     section(f"Where a bf16 training step's time goes ({heads[0]} head, 3 steps, top operators by self time)",
             f"```\n{throughput.profile_step(config)}\n```")

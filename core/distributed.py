@@ -6,9 +6,15 @@ a no-op. NCCL on CUDA (one GPU per process, ``cuda:LOCAL_RANK``), Gloo on CPU.
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+
+# Rank 0 works alone while the others wait in a collective: collecting demonstrations, validation
+# rollouts. The default (10 min for NCCL) would kill a run during a long collection.
+COLLECTIVE_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,10 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun describes (if any); returns this process's info and device."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return DistInfo(), device
+    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"WORLD_SIZE is set but {missing} are not: launch with torchrun "
+                           "(torchrun --nproc_per_node=N train.py ...)")
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
@@ -38,7 +48,7 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     elif device.type != "cpu":
         raise ValueError(f"distributed training runs on CUDA (NCCL) or CPU (Gloo), not {device.type}")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=info.rank,
-                            world_size=info.world_size)
+                            world_size=info.world_size, timeout=COLLECTIVE_TIMEOUT)
     return info, device
 
 

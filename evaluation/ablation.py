@@ -65,14 +65,33 @@ def parse_grid(axes: list[str]) -> list[tuple[str, list[str]]]:
             raise ValueError(f"grid axis '{axis}' must look like key=value1,value2")
         if key in (k for k, _ in grid):
             raise ValueError(f"grid axis '{key}' given twice")
-        grid.append((key, [v.strip() for v in re.split(r",(?![^\[]*\])", values)]))
+        split = [v.strip() for v in re.split(r",(?![^\[]*\])", values)]
+        if len(set(split)) != len(split):
+            raise ValueError(f"grid axis '{key}' repeats a value: {split}")
+        grid.append((key, split))
     return grid
 
 
 def expand(grid: list[tuple[str, list[str]]]) -> list[Cell]:
     """Every combination, the first axis varying slowest."""
-    return [Cell(tuple(f"{k}={v}" for k, v in zip([k for k, _ in grid], combo)))
-            for combo in itertools.product(*[values for _, values in grid])]
+    cells = [Cell(tuple(f"{k}={v}" for k, v in zip([k for k, _ in grid], combo)))
+             for combo in itertools.product(*[values for _, values in grid])]
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise ValueError("two grid values map to the same run directory name; make them differ in letters or digits")
+    return cells
+
+
+def check_same_grid(out: Path, spec: dict) -> None:
+    """Refuse to continue a results folder that was started with another config, grid or budget."""
+    path = out / "grid.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != spec:
+            raise SystemExit(f"{out} holds a grid run with {before}, not {spec}: "
+                             "use another --out, or the same arguments to resume it")
+    else:
+        path.write_text(json.dumps(spec, indent=2))
 
 
 def validate_cells(config_path: str, fixed: list[str], cells: list[Cell]) -> None:
@@ -97,8 +116,9 @@ def run_cell(cell: Cell, config_path: str, fixed: list[str], out: Path, train: b
         command = ["--resume", str(run_dir)]
     else:
         command = ["--config", config_path, "--run-dir", str(run_dir), "--set", *fixed, *cell.overrides]
+    # Runs in the caller's directory, so relative paths in the arguments mean what they meant there.
     with open(run_dir / "train.log", "a") as log:
-        done = subprocess.run([sys.executable, str(REPO / "train.py"), *command], stdout=log, stderr=log, cwd=REPO)
+        done = subprocess.run([sys.executable, str(REPO / "train.py"), *command], stdout=log, stderr=log)
     if done.returncode != 0 or not results.is_file():
         raise RuntimeError(f"cell {cell.name} failed (exit {done.returncode}); see {run_dir / 'train.log'}. "
                            "Rerun the same command to resume it.")
@@ -134,7 +154,7 @@ def summarize_settings(rows: list[dict]) -> list[dict]:
             "setting": setting, "seeds": len(runs), "episodes": n, "success_rate": wins / n if n else 0.0,
             "ci95_low": low, "ci95_high": high, "per_seed": [r["success_rate"] for r in runs],
             "score_mean": float(np.mean(scores)) if scores else None,
-            "score_std": float(np.std(scores)) if scores else None,
+            "score_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,  # across seeds
             "train_minutes": float(np.mean(minutes)) if minutes else None,
             "cells": [r["cell"] for r in runs],
         })
@@ -143,15 +163,18 @@ def summarize_settings(rows: list[dict]) -> list[dict]:
 
 def markdown_table(summary: list[dict]) -> str:
     with_score = any(s["score_mean"] is not None for s in summary)
-    header = "| setting | seeds | success (pooled) | 95% CI | per seed |"
-    header += " score (avg max coverage) |" if with_score else ""
+    header = "| setting | seeds | success (episodes pooled) | 95% CI (evaluation noise) | per seed |"
+    header += " score (mean ± sd over seeds) |" if with_score else ""
     header += " train min / run |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for s in summary:
         line = (f"| {s['setting']} | {s['seeds']} | {s['success_rate']:.1%} | [{s['ci95_low']:.1%}, "
                 f"{s['ci95_high']:.1%}] | {' / '.join(f'{r:.0%}' for r in s['per_seed'])} |")
-        if with_score:
-            line += f" {s['score_mean']:.3f} ± {s['score_std']:.3f} |" if s["score_mean"] is not None else " - |"
+        if with_score and s["score_mean"] is not None:
+            spread = f" ± {s['score_std']:.3f}" if s["score_std"] is not None else ""
+            line += f" {s['score_mean']:.3f}{spread} |"
+        elif with_score:
+            line += " - |"
         line += f" {s['train_minutes']:.1f} |" if s["train_minutes"] is not None else " - |"
         lines.append(line)
     return "\n".join(lines)
@@ -200,7 +223,10 @@ def write_report(cells: list[Cell], results: dict[Cell, dict], out: Path, title:
         writer.writerows(rows)
     summary = summarize_settings(rows)
     table = markdown_table(summary)
-    (out / "summary.md").write_text(f"# {title}\n\n{table}\n")
+    note = ("Success is pooled over all seeds' episodes; its Wilson interval covers evaluation noise only, "
+            "the per-seed column shows how much training seeds vary. Score: the Diffusion Policy PushT score, "
+            "the average over episodes of the maximum coverage reward.")
+    (out / "summary.md").write_text(f"# {title}\n\n{table}\n\n{note}\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(summary, out, out / "ablation.png")
     return table
