@@ -11,6 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 def learning_curve(run_dir: Path, tag: str = "val/success_rate") -> list[tuple[int, float, float]]:
     """(step, minutes since the first logged scalar, value) for each logged point of ``tag`` ([] if none)."""
+    if not (run_dir / "tb").is_dir():  # a run folder deleted after its results were kept
+        return []
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
     if tag not in events.Tags()["scalars"]:

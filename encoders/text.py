@@ -32,15 +32,29 @@ def _hub_reachable() -> bool:
     return not constants.HF_HUB_OFFLINE and host_reachable(urlparse(constants.ENDPOINT).hostname)
 
 
+def _load_local(name: str) -> tuple[nn.Module, object]:
+    """A local load, without transformers' per-load progress bar (benchmarks build many policies)."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return (AutoModel.from_pretrained(name, local_files_only=True),
+                AutoTokenizer.from_pretrained(name, local_files_only=True))
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def load_text_model(name: str) -> tuple[nn.Module, object]:
     """(model, tokenizer) from a local directory, the local cache, or the hub; a clear error offline."""
     from transformers import AutoModel, AutoTokenizer
 
     if Path(name).is_dir():
-        return AutoModel.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+        return _load_local(name)
     try:  # the local cache first: no network, no retries
-        return (AutoModel.from_pretrained(name, local_files_only=True),
-                AutoTokenizer.from_pretrained(name, local_files_only=True))
+        return _load_local(name)
     except OSError:
         pass
     if not _hub_reachable():

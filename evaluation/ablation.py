@@ -181,21 +181,30 @@ def markdown_table(summary: list[dict]) -> str:
 
 
 def plot(summary: list[dict], out: Path, png: Path) -> None:
-    """Bar chart of success with 95% intervals, and training-loss learning curves (mean over seeds)."""
+    """Success with 95% intervals, the score (PushT) with its spread over seeds, training-loss curves."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
 
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    has_score = all(s["score_mean"] is not None for s in summary)
+    fig, axes = plt.subplots(1, 3 if has_score else 2, figsize=(16 if has_score else 12, 4.5))
     x = np.arange(len(summary))
+    names = [s["setting"] for s in summary]
     rates = np.array([s["success_rate"] for s in summary])
     errors = np.array([[r - s["ci95_low"] for r, s in zip(rates, summary)],
                        [s["ci95_high"] - r for r, s in zip(rates, summary)]])
-    bars.bar(x, rates, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
-    bars.set_xticks(x, [s["setting"] for s in summary], rotation=20, ha="right", fontsize=8)
-    bars.set_ylim(0, 1)
-    bars.set_ylabel("success rate (95% Wilson CI, pooled over seeds)")
+    axes[0].bar(x, rates, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+    axes[0].set_ylabel("success rate (95% Wilson CI)")
+    if has_score:
+        scores = [s["score_mean"] for s in summary]
+        spread = [s["score_std"] or 0.0 for s in summary]
+        axes[1].bar(x, scores, yerr=spread, capsize=4, color="tab:green", alpha=0.8)
+        axes[1].set_ylabel("score: avg max coverage (± sd over seeds)")
+    for bars in axes[:-1]:
+        bars.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+        bars.set_ylim(0, 1)
+    curves = axes[-1]
     for s in summary:
         losses = [learning_curve(out / "runs" / cell, "train/loss") for cell in s["cells"]]
         losses = [c for c in losses if c]
@@ -207,8 +216,10 @@ def plot(summary: list[dict], out: Path, png: Path) -> None:
         curves.plot(steps, mean, label=s["setting"])
     curves.set_yscale("log")
     curves.set_xlabel("training step")
-    curves.set_ylabel("training loss (mean over seeds; heads' losses differ in kind)")
-    curves.legend(fontsize=8)
+    curves.set_ylabel("training loss, mean over seeds")
+    curves.set_title("losses of different heads differ in kind", fontsize=9)
+    if curves.lines:
+        curves.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
