@@ -51,7 +51,7 @@ def load_text_model(name: str) -> tuple[nn.Module, object]:
     """(model, tokenizer) from a local directory, the local cache, or the hub; a clear error offline."""
     from transformers import AutoModel, AutoTokenizer
 
-    if Path(name).is_dir():
+    if Path(name).is_dir():  # a broken local directory is an error, not a reason to try the hub
         return _load_local(name)
     try:  # the local cache first: no network, no retries
         return _load_local(name)
