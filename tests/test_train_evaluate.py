@@ -13,9 +13,11 @@ import train
 from core.schema import load_config
 from data.collect import collect_metaworld
 from data.episode_store import EpisodeStore
+from data.provision import dataset_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "metaworld_reach.yaml")
+MT10_CONFIG = str(REPO / "configs" / "metaworld_mt10.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,24 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path, tiny_overrides):
     assert "| reach-v3 |" in out.stdout
     written = sorted(run.glob("eval_best_*.json"))
     assert written and json.loads(written[-1].read_text())["overall"]["episodes"] == 1
+
+
+def test_multitask_config_trains_one_model_and_reports_each_task(tmp_path, tiny_overrides, monkeypatch, capsys):
+    tasks = ["reach-v3", "pick-place-v3"]  # two of MT10 whose experts finish within the tiny step cap
+    overrides = [*tiny_overrides, f"env.tasks=[{','.join(tasks)}]", "eval.every=0"]
+    run = tmp_path / "runs" / "mt"
+    run_train(monkeypatch, "--config", MT10_CONFIG, "--run-dir", str(run), "--no-final-eval", "--set", *overrides)
+    store = EpisodeStore(dataset_dir(load_config(MT10_CONFIG, overrides)))
+    assert sorted(e["env_task"] for e in store.episodes) == sorted(tasks * 2)
+    assert len({e["task"] for e in store.episodes}) == 2  # one instruction per task conditions the one model
+
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--env", "metaworld", "--checkpoint", str(run),
+                                      "--episodes", "1", "--videos", "0"])
+    evaluate.main()
+    out = capsys.readouterr().out
+    assert "| reach-v3 |" in out and "| pick-place-v3 |" in out and "| **mean** |" in out
+    result = json.loads(next(run.glob("eval_best_*.json")).read_text())
+    assert list(result["tasks"]) == tasks and result["overall"]["episodes"] == 2
 
 
 def test_evaluate_errors_say_what_to_do(tmp_path, tiny_overrides, monkeypatch):
