@@ -17,11 +17,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from core.errors import ArgumentParser, UserError, run_main
 from evaluation.ablation import check_same_grid, expand, parse_grid, run_cell, validate_cells, write_report
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="base YAML config")
     parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
                         help="axes of the grid; 'seed' axes are averaged over in the report")
@@ -48,7 +49,7 @@ def main() -> None:
             continue
         tqdm.write(f"{cell.name}: success {results[cell]['overall']['success_rate']:.0%}")
     if not results:
-        raise SystemExit(f"no finished cells under {args.out / 'runs'}")
+        raise UserError(f"no finished cells under {args.out / 'runs'}; run without --report-only to train them")
     table = write_report(cells, results, args.out, f"Ablation of {args.config}")
     print(table)
     print(f"report: {args.out / 'summary.md'}, {args.out / 'runs.csv'}, {args.out / 'ablation.png'}")
@@ -57,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

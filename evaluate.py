@@ -4,18 +4,22 @@
     python evaluate.py --env metaworld --task reach-v3 --checkpoint runs/metaworld_reach_20261122-101500
     python evaluate.py --env metaworld --episodes 20             # every task the checkpoint was trained on
 
-Prints success with a 95% Wilson interval (and average max coverage for PushT), writes
-JSON results and videos next to the checkpoint.
+Prints success with a 95% Wilson interval (and for PushT the score, the average max coverage
+reward of the Diffusion Policy paper), and writes JSON results and videos into the run directory
+(or beside a checkpoint folder that is not inside a run). Protocol: 50 episodes per task; PushT on
+seeds 1000..1049, Meta-World on evaluation layouts no demonstration or validation used.
 """
 
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from core.device import resolve_device
+from core.errors import ArgumentParser, MissingResourceError, UserError, non_negative_int, positive_int, run_main
 from evaluation.run import evaluate_policy, format_table
-from policy.checkpoint import CONFIG, load_config_and_features, load_policy
+from policy.checkpoint import CONFIG, load_config_and_features, load_policy, recover
 
 TRAIN_HINT = {"metaworld": "python train.py --config configs/metaworld_reach.yaml",
               "pusht": "python train.py --config configs/pusht.yaml"}
@@ -25,54 +29,60 @@ def find_checkpoint(path: Path | None, env: str, runs_dir: Path) -> Path:
     """A checkpoint directory: the one given (a run directory or a checkpoint), else the newest run for ``env``."""
     if path is not None:
         for candidate in (path, path / "checkpoints" / "best", path / "checkpoints" / "latest"):
-            if (candidate / CONFIG).is_file():
+            if (recover(candidate) / CONFIG).is_file():
                 return candidate
-        raise FileNotFoundError(f"no checkpoint at {path} (looked for {CONFIG} in it and in checkpoints/best|latest)")
+        raise MissingResourceError(f"no checkpoint at {path} (looked for {CONFIG} in it and in "
+                                   "checkpoints/best|latest); pass a run directory or a checkpoint folder")
     found = []
     for config_file in runs_dir.glob(f"*/checkpoints/*/{CONFIG}"):
-        if json.loads(config_file.read_text())["config"]["env"]["name"] == env:
-            found.append(config_file.parent)
+        try:
+            if json.loads(config_file.read_text())["config"]["env"]["name"] == env:
+                found.append(config_file.parent)
+        except (ValueError, KeyError, TypeError):  # a damaged checkpoint is not a candidate
+            continue
     if not found:
-        raise FileNotFoundError(f"no {env} checkpoint under {runs_dir}/. Train one first:\n  {TRAIN_HINT[env]}\n"
-                                "or pass --checkpoint RUN_DIR")
+        raise MissingResourceError(f"no {env} checkpoint under {runs_dir}/; train one first ({TRAIN_HINT[env]}) "
+                                   "or pass --checkpoint RUN_DIR")
     newest_run = max({c.parent.parent for c in found}, key=lambda run: run.stat().st_mtime)
     best = newest_run / "checkpoints" / "best"
     return best if (best / CONFIG).is_file() else newest_run / "checkpoints" / "latest"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, choices=sorted(TRAIN_HINT))
-    parser.add_argument("--task", nargs="*", help="Meta-World task(s) (default: the checkpoint's training tasks)")
+    parser.add_argument("--task", nargs="+", help="Meta-World task(s) (default: the checkpoint's training tasks)")
     parser.add_argument("--checkpoint", type=Path, help="run or checkpoint directory (default: newest run for --env)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    parser.add_argument("--episodes", type=int, default=50, help="episodes per task")
-    parser.add_argument("--seed", type=int, help="first episode seed (default: the env's evaluation split; "
-                                                  "PushT: 1000, as in BENCHMARKS.md)")
-    parser.add_argument("--n-envs", type=int, default=None, help="envs stepped together (default: config)")
-    parser.add_argument("--videos", type=int, default=2, help="episodes per task recorded as video")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--episodes", type=positive_int, default=50, help="episodes per task")
+    parser.add_argument("--seed", type=non_negative_int, help="first episode seed (default: the env's evaluation "
+                                                               "split; PushT: 1000)")
+    parser.add_argument("--n-envs", type=positive_int, default=None, help="envs stepped together (default: config)")
+    parser.add_argument("--videos", type=non_negative_int, default=2, help="episodes per task recorded as video")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     args = parser.parse_args()
+    device = resolve_device(args.device)
 
     checkpoint = find_checkpoint(args.checkpoint, args.env, args.runs_dir)
     config, _ = load_config_and_features(checkpoint)
     if config.env.name != args.env:
-        raise SystemExit(f"{checkpoint} is a {config.env.name} checkpoint, not {args.env}; "
-                         f"use --env {config.env.name} or another --checkpoint")
+        raise UserError(f"{checkpoint} is a {config.env.name} checkpoint, not {args.env}; "
+                        f"use --env {config.env.name} or another --checkpoint")
     if args.task:
-        if args.env == "metaworld":
-            from envs.metaworld import INSTRUCTIONS
+        from envs.specs import check_env_config
 
-            unknown = [t for t in args.task if t not in INSTRUCTIONS]
-            if unknown:
-                raise SystemExit(f"unknown Meta-World task(s) {unknown}; known: {', '.join(sorted(INSTRUCTIONS))}")
-            untrained = [t for t in args.task if t not in config.env.tasks]
-            if untrained:
-                print(f"note: {untrained} not among the training tasks {config.env.tasks} (zero-shot)")
+        try:
+            check_env_config(replace(config.env, tasks=list(args.task)))
+        except UserError as error:
+            raise UserError(f"--task: {error}") from None
+        untrained = [t for t in args.task if t not in config.env.tasks]
+        if untrained:
+            print(f"note: {untrained} not among the training tasks {config.env.tasks} (zero-shot)")
         config.env.tasks = list(args.task)
-    policy = load_policy(checkpoint, resolve_device(args.device))
+    policy = load_policy(checkpoint, device)
     print(f"checkpoint {checkpoint}: {config.action_head.type} head, tasks {config.env.tasks}")
-    run_dir = checkpoint.parent.parent
+    # Results go into the run (runs/NAME/ for runs/NAME/checkpoints/best), else beside the checkpoint.
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = evaluate_policy(policy, config, split="eval", episodes=args.episodes, first_seed=args.seed,
                              n_envs=args.n_envs, videos=args.videos, video_dir=run_dir / f"videos_eval_{stamp}")
@@ -85,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -29,27 +30,39 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from core.configuration import to_dict
+from core.configuration import ConfigError, apply_overrides, from_dict, to_dict
 from core.device import resolve_device
 from core.distributed import DistInfo, barrier, broadcast_object, init_distributed, replica_max_difference, shutdown
+from core.errors import ArgumentParser, DamagedFileError, MissingResourceError, UserError, run_main
+from core.lock import DirectoryLock
 from core.schema import Config, load_config
 from data.dataset import ChunkDataset, compute_stats
 from data.provision import ensure_dataset
 from envs.specs import features_for
 from evaluation.run import evaluate_policy, format_table
-from policy.checkpoint import load_config_and_features, load_policy, load_weights, save_policy
+from policy.checkpoint import (load_config_and_features, load_policy, load_weights, remove_stale_temporaries,
+                               save_policy)
 from policy.ema import EMA
 from policy.vla_policy import VLAPolicy
 
 TRAINING_STATE = "training_state.pt"
+# What --resume RUN --set may change: the budget and bookkeeping, not the model, data or optimizer.
+RESUMABLE_OVERRIDES = ("device", "train.steps", "train.log_every", "train.save_every", "train.save_minutes",
+                       "train.num_workers", "eval.")
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradient norm became NaN or inf; nothing non-finite was saved."""
 # TensorBoard's add_video imports moviepy, which imports pygame: keep it from probing sound cards.
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (see configs/)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. train.lr=3e-4 (may be repeated; with --resume only "
+                             "train.steps, train.log_every/save_every/save_minutes/num_workers, eval.* and device)")
     parser.add_argument("--resume", type=Path, help="run directory to continue from its latest checkpoint")
     parser.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/<config>_<time>)")
     parser.add_argument("--stop-after", type=int, help="exit after this many steps, as a crash would (tests)")
@@ -57,7 +70,52 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if (args.config is None) == (args.resume is None):
         parser.error("give exactly one of --config or --resume")
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"--stop-after must be at least 1, got {args.stop_after}")
     return args
+
+
+def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The config of ``run_dir``'s latest checkpoint, with the overrides a resume may apply."""
+    if not run_dir.is_dir():
+        raise MissingResourceError(f"--resume {run_dir}: no such run directory")
+    latest = run_dir / "checkpoints" / "latest"
+    config, _ = load_config_and_features(latest)
+    if not overrides:
+        return config
+    for text in overrides:
+        key = text.split("=", 1)[0]
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_OVERRIDES):
+            raise ConfigError(f"--resume cannot change '{key}' (the model, data and optimizer stay as trained); "
+                              f"resumable: {', '.join(RESUMABLE_OVERRIDES)}*; start a new run with --config to change it")
+    return from_dict(Config, apply_overrides(to_dict(config), overrides))
+
+
+class StopRequest:
+    """SIGINT / SIGTERM while training: finish the current step, save 'latest', say how to resume.
+
+    A second Ctrl-C stops at once (the last saved checkpoint still resumes).
+    """
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        tqdm.write(f"{signal.Signals(signum).name}: saving after this step (again to stop at once)")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 class StepBatchSampler:
@@ -96,11 +154,38 @@ def save_checkpoint(directory: Path, policy: VLAPolicy, optimizer, scheduler, em
     state = {"step": step, "best_val_metric": best, "train_seconds": seconds, "world_size": world_size,
              "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-             "raw_weights": policy.state_dict() if ema else None, "ema": ema.shadow if ema else None}
+             # A copy: state_dict() shares storage with the parameters, which ema.applied overwrites below.
+             "raw_weights": {k: v.detach().clone() for k, v in policy.state_dict().items()} if ema else None,
+             "ema": ema.shadow if ema else None}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     with ema.applied(policy) if ema else contextlib.nullcontext():
         save_policy(policy, directory, extra={TRAINING_STATE: state})
+
+
+def train_step(model, batch: dict, device: torch.device, autocast, optimizer, trainable: list,
+               config: Config) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """Forward, backward and clipping (not the optimizer step) -> (loss, metrics, gradient norm)."""
+    batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with autocast:
+        loss, metrics = model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.train.grad_clip or float("inf"))
+    return loss, metrics, grad_norm
+
+
+def load_training_state(checkpoint: Path) -> dict:
+    """The optimizer, schedule, RNG and EMA state that --resume needs, with a clear error if damaged."""
+    path = checkpoint / TRAINING_STATE
+    if not path.is_file():
+        raise MissingResourceError(f"{path} is missing: {checkpoint} was not written by train.py, so it cannot "
+                                   "be resumed (evaluate it, or start a new run with --config)")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as error:  # torch raises RuntimeError or pickle errors for truncated files
+        raise DamagedFileError(f"{path} is damaged ({str(error).splitlines()[0][:120]}); resume is not possible "
+                               "from it; start a new run, or evaluate the checkpoint's weights") from None
 
 
 def validate(policy: VLAPolicy, config: Config, ema: EMA | None, writer: SummaryWriter, step: int) -> float:
@@ -126,7 +211,7 @@ def main() -> None:
     args = parse_args()
     if args.resume:
         run_dir = args.resume
-        config, _ = load_config_and_features(run_dir / "checkpoints" / "latest")
+        config = resumed_config(run_dir, args.set)
     else:
         config = load_config(args.config, args.set)
         run_dir = args.run_dir or Path("runs") / f"{Path(args.config).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
@@ -138,27 +223,40 @@ def main() -> None:
 
 
 def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch.device, info: DistInfo) -> None:
+    # One writer per run directory: a second train.py on it is refused while this one runs.
+    with DirectoryLock(run_dir, "train.py") if info.is_main else contextlib.nullcontext():
+        if info.is_main:
+            for name in ("latest", "best"):  # half-written saves of a killed run
+                remove_stale_temporaries(run_dir / "checkpoints" / name)
+        _train(args, config, run_dir, device, info)
+
+
+def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch.device, info: DistInfo) -> None:
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     torch.manual_seed(config.seed)
+    log = print if info.is_main else (lambda *_: None)
 
-    # Data: collected or imported on first use, then reused; shapes come from it. Distributed, rank 0
-    # collects and caches the statistics first, then the other ranks read what it wrote.
+    # The model first: a missing text model or weights file stops the run before any long data work.
+    features = features_for(config.env)
+    policy = VLAPolicy(config, features)
+
+    # Data: collected or imported on first use, then reused. Distributed, rank 0 collects and caches
+    # the statistics first, then the other ranks read what it wrote.
     if not info.is_main:
         barrier(info)
     store, episodes = ensure_dataset(config, progress=info.is_main)
     stats = compute_stats(store, config.policy.relative_actions, config.policy.chunk_size)
     if info.is_main:
         barrier(info)
-    if store.features != features_for(config.env):
-        raise ValueError(f"dataset {store.root} has {store.features}, the config describes {features_for(config.env)}")
+    if store.features != features:
+        raise DamagedFileError(f"dataset {store.root} has {store.features}, the config describes {features}; "
+                               "delete that folder to rebuild it")
     dataset = ChunkDataset(store, config.policy.n_obs_steps, config.policy.chunk_size, episodes)
-    log = print if info.is_main else (lambda *_: None)
     log(f"data: {store.root} ({len(episodes)} episodes, {len(dataset)} samples)")
 
     # Model, optimizer, schedule.
-    policy = VLAPolicy(config, store.features)
     policy.normalizer.fit(stats)
     policy.to(device)
     if config.train.channels_last:
@@ -175,19 +273,20 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch
     ema = EMA(policy, config.train.ema_decay) if config.train.ema_decay > 0 else None
     start_step, best, seconds_before = 0, -1.0, 0.0  # seconds: training wall clock of earlier (resumed) runs
     if args.resume:
-        state = torch.load(run_dir / "checkpoints" / "latest" / TRAINING_STATE, weights_only=True)
+        state = load_training_state(run_dir / "checkpoints" / "latest")
         load_weights(policy, run_dir / "checkpoints" / "latest")
         if ema:
             policy.load_state_dict(state["raw_weights"])
             ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
+            ema.updates = state["step"]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if state.get("world_size", 1) != info.world_size:
-            raise SystemExit(f"{run_dir} was trained by {state.get('world_size', 1)} process(es); resume it with as "
-                             f"many (now {info.world_size}), since the effective batch and data slices depend on it")
+            raise UserError(f"{run_dir} was trained by {state.get('world_size', 1)} process(es); resume it with as "
+                            f"many (now {info.world_size}), since the effective batch and data slices depend on it")
         start_step, best = state["step"], state.get("best_val_metric", state.get("best_val_success", -1.0))
         seconds_before = state.get("train_seconds", 0.0)  # absent in checkpoints from before it was recorded
         log(f"resumed {run_dir} at step {start_step}")
@@ -211,47 +310,67 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch
     def elapsed() -> float:
         return seconds_before + time.monotonic() - started
 
+    latest_dir = run_dir / "checkpoints" / "latest"
+    last_saved = {"step": start_step if args.resume else None, "time": time.monotonic()}
+
+    def save_latest() -> None:
+        save_checkpoint(latest_dir, policy, optimizer, scheduler, ema, step, best, elapsed(), info.world_size)
+        last_saved.update(step=step, time=time.monotonic())
+
     bar = tqdm(loader, initial=start_step, total=config.train.steps, desc="train", dynamic_ncols=True,
                disable=not info.is_main)
-    for batch in bar:
-        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with autocast:
-            loss, metrics = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.train.grad_clip or float("inf"))
-        optimizer.step()
-        scheduler.step()
-        if ema:
-            ema.update(policy)
-        step += 1
+    stop = StopRequest()
+    with stop:
+        for batch in bar:
+            loss, metrics, grad_norm = train_step(model, batch, device, autocast, optimizer, trainable, config)
+            if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+                # Before optimizer.step: the weights are still those of the last good step.
+                good = (f"the last good checkpoint is {latest_dir} (step {last_saved['step']}); resume it with "
+                        f"python train.py --resume {run_dir}" if last_saved["step"] is not None
+                        else "no checkpoint was saved yet")
+                raise TrainingDiverged(f"training diverged at step {step + 1}: loss {loss.item():.4g}, gradient "
+                                       f"norm {grad_norm.item():.4g}; {good}, or start again with a lower train.lr "
+                                       f"(now {config.train.lr:g})")
+            optimizer.step()
+            scheduler.step()
+            if ema:
+                ema.update(policy)
+            step += 1
 
-        if not info.is_main:  # the other ranks only train
+            if not info.is_main:  # the other ranks only train
+                if stop.signal is not None or (args.stop_after is not None and step >= args.stop_after):
+                    return
+                continue
+            if step % config.train.log_every == 0 or step == config.train.steps:
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                writer.add_scalar("train/grad_norm", grad_norm.item(), step)
+                writer.add_scalar("train/minutes", elapsed() / 60, step)  # learning curves against wall clock
+                for name, value in metrics.items():
+                    writer.add_scalar(f"train/{name}", value, step)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            if config.eval.every and step % config.eval.every == 0 and config.eval.val_episodes:
+                metric = validate(policy, config, ema, writer, step)
+                tqdm.write(f"step {step}: validation {'score' if config.env.name == 'pusht' else 'success'} "
+                           f"{metric:.2f} (best {max(best, metric):.2f})")
+                if metric >= best:  # a tie goes to the later, longer-trained checkpoint
+                    best = metric
+                    save_checkpoint(run_dir / "checkpoints" / "best", policy, optimizer, scheduler, ema, step, best,
+                                    elapsed(), info.world_size)
+            minutes = (time.monotonic() - last_saved["time"]) / 60
+            if (step % config.train.save_every == 0 or step == config.train.steps
+                    or (config.train.save_minutes and minutes >= config.train.save_minutes)):
+                save_latest()
+            if stop.signal is not None:
+                if last_saved["step"] != step:
+                    save_latest()
+                bar.close()
+                print(f"{signal.Signals(stop.signal).name} at step {step}: saved {latest_dir}; resume with: "
+                      f"python train.py --resume {run_dir}", flush=True)
+                raise SystemExit(130)
             if args.stop_after is not None and step >= args.stop_after:
+                print(f"stopping after step {step} (--stop-after)")
                 return
-            continue
-        if step % config.train.log_every == 0 or step == config.train.steps:
-            writer.add_scalar("train/loss", loss.item(), step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("train/grad_norm", grad_norm.item(), step)
-            writer.add_scalar("train/minutes", elapsed() / 60, step)  # learning curves against wall clock
-            for name, value in metrics.items():
-                writer.add_scalar(f"train/{name}", value, step)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
-        if config.eval.every and step % config.eval.every == 0 and config.eval.val_episodes:
-            metric = validate(policy, config, ema, writer, step)
-            tqdm.write(f"step {step}: validation {'score' if config.env.name == 'pusht' else 'success'} "
-                       f"{metric:.2f} (best {max(best, metric):.2f})")
-            if metric >= best:  # a tie goes to the later, longer-trained checkpoint
-                best = metric
-                save_checkpoint(run_dir / "checkpoints" / "best", policy, optimizer, scheduler, ema, step, best,
-                                elapsed(), info.world_size)
-        if step % config.train.save_every == 0 or step == config.train.steps:
-            save_checkpoint(run_dir / "checkpoints" / "latest", policy, optimizer, scheduler, ema, step, best,
-                            elapsed(), info.world_size)
-        if args.stop_after is not None and step >= args.stop_after:
-            print(f"stopping after step {step} (--stop-after)")
-            return
     bar.close()
     train_seconds = elapsed()
     if info.enabled:
@@ -282,4 +401,4 @@ def train(args: argparse.Namespace, config: Config, run_dir: Path, device: torch
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -9,6 +9,7 @@ A field whose type depends on a ``type`` key (the action head) declares a
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -17,12 +18,14 @@ from typing import Any, Callable, Literal, TypeVar, Union
 
 import yaml
 
+from core.errors import MissingResourceError, UserError
+
 C = TypeVar("C")
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be loaded or is invalid; the message says what to fix."""
 
 
@@ -94,9 +97,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         # YAML 1.1 reads `3e-4` as a string; accept numeric strings for float fields.
         if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # .inf / .nan in YAML: no setting of ours means anything with them
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -137,6 +142,8 @@ def from_dict(cls: type[C], data: dict, path: str = "") -> C:
     try:
         return cls(**kwargs)
     except ConfigError as error:
+        if path and str(error).startswith(f"{path}."):  # the message already names the key
+            raise
         raise ConfigError(f"{path or cls.__name__}: {error}") from None
     except TypeError as error:  # a required field was not given
         raise ConfigError(f"{path or cls.__name__}: {error}") from None
@@ -154,7 +161,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.load(raw, Loader=_StrictLoader) if raw != "" else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({_yaml_problem(error)}); "
+                          "quote it, e.g. 'env.tasks=[reach-v3, push-v3]'") from None
+    return key.split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -178,16 +190,49 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key '{key}' appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                  "keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + str(getattr(error, "problem", None) or error).strip()
+
+
 def load_yaml(path: str | Path) -> dict:
+    """A config file as a mapping; syntax errors, duplicate keys and empty files are refused."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory; give a YAML file (see configs/)")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    with path.open() as f:
-        data = yaml.safe_load(f)
+        raise MissingResourceError(f"config file {path} does not exist (see configs/ for the shipped ones)")
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_StrictLoader)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML ({_yaml_problem(error)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; give a YAML config (see configs/)") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path} is empty; start from one of configs/*.yaml")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (env:, policy:, train:, ...)")
     return data
 
 

@@ -40,15 +40,28 @@ class TrainConfig:
     channels_last: bool = doc_field(False, "channels-last memory format for the conv trunk")
     log_every: int = doc_field(50, "steps between TensorBoard scalars")
     save_every: int = doc_field(1000, "steps between 'latest' checkpoints (atomic; --resume continues from it)")
+    save_minutes: float = doc_field(10.0, "also save 'latest' when this many minutes passed since the last save "
+                                          "(0 = by steps only)")
     num_workers: int = doc_field(0, "DataLoader worker processes (0: load in the training process)")
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("train.steps and train.batch_size must be >= 1")
+        for name in ("steps", "batch_size", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ConfigError("train.lr must be > 0")
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.grad_clip < 0:  # a negative max norm flips the gradient: training would ascend the loss
+            raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError("train.ema_decay must be in [0, 1)")
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.save_minutes < 0:
+            raise ConfigError(f"train.save_minutes must be >= 0 (0 = by steps only), got {self.save_minutes}")
+        if self.num_workers < 0:
+            raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass
@@ -59,7 +72,9 @@ class DataConfig:
 
     def __post_init__(self):
         if self.episodes_per_task < 1:
-            raise ConfigError("data.episodes_per_task must be >= 1")
+            raise ConfigError(f"data.episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        if not self.root:
+            raise ConfigError("data.root must name a directory (default ~/.cache/easyvla/datasets)")
 
 
 @dataclass

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.keys import OBS_IMAGE, OBS_STATE
+from core.lock import DirectoryLock
 from data.episode_store import EpisodeStore, EpisodeWriter
 from envs.config import EnvConfig
 from envs.make import episode_seed, make_env
@@ -22,7 +23,15 @@ MAX_TRIES_PER_EPISODE = 3  # the experts succeed on 95-100% of layouts; more fai
 
 def collect_metaworld(env_config: EnvConfig, episodes_per_task: int, root: Path, progress: bool = True
                       ) -> EpisodeStore:
-    """Record successful expert episodes on ``train`` layouts until each task has enough; finalize."""
+    """Record successful expert episodes on ``train`` layouts until each task has enough; finalize.
+
+    One collector per dataset root: a second one is refused while the first runs.
+    """
+    with DirectoryLock(root, "data collection"):
+        return _collect(env_config, episodes_per_task, Path(root), progress)
+
+
+def _collect(env_config: EnvConfig, episodes_per_task: int, root: Path, progress: bool) -> EpisodeStore:
     writer = EpisodeWriter(root, features_for(env_config), fps=METAWORLD_FPS, source="Meta-World scripted experts")
     index = writer.episode_index()
     counts = Counter(e["env_task"] for e in index)

@@ -3,6 +3,7 @@
 import hashlib
 from pathlib import Path
 
+from core.configuration import ConfigError
 from core.schema import Config
 from data.episode_store import EpisodeStore
 
@@ -39,7 +40,7 @@ def ensure_dataset(config: Config, progress: bool = True) -> tuple[EpisodeStore,
         from data.pusht_import import find_pusht_data, import_pusht_zarr
 
         if config.env.cameras and tuple(config.env.image_size) != (96, 96):
-            raise ValueError("the PushT demonstrations are 96x96 images: set env.image_size=[96,96]")
+            raise ConfigError("env.image_size: the PushT demonstrations are 96x96 images; set env.image_size=[96,96]")
         try:
             store = EpisodeStore(root)
         except FileNotFoundError:

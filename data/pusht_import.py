@@ -17,13 +17,14 @@ import shutil
 import tempfile
 import urllib.parse
 import urllib.request
-import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from core.errors import DamagedFileError, MissingResourceError
+from core.lock import DirectoryLock
 from core.network import host_reachable
 from data.episode_store import EpisodeStore, EpisodeWriter
 from envs.config import EnvConfig
@@ -53,24 +54,24 @@ def open_pusht_zarr(zarr_path: str | Path):
 
     path = Path(zarr_path)
     if not _is_zarr_group(path):
-        raise FileNotFoundError(f"{path} is not a zarr directory (expected {ZARR_NAME} from {ZIP_NAME})")
+        raise MissingResourceError(f"{path} is not a zarr directory (expected {ZARR_NAME} from {ZIP_NAME})")
     group = zarr.open_group(str(path), mode="r")
     try:
         ends = group["meta/episode_ends"]
         for name, frame_shape in _ARRAYS.items():
             if tuple(group[name].shape[1:]) != frame_shape:
-                raise ValueError(f"{path}/{name} has frames of shape {group[name].shape[1:]}, expected {frame_shape}")
+                raise DamagedFileError(f"{path}/{name} has frames of shape {group[name].shape[1:]}, expected {frame_shape}")
     except KeyError as error:
-        raise ValueError(f"{path} lacks {error}; expected data/img, data/state, data/action, data/keypoint and "
+        raise DamagedFileError(f"{path} lacks {error}; expected data/img, data/state, data/action, data/keypoint and "
                          "meta/episode_ends (the Diffusion Policy PushT layout)") from None
     if ends.ndim != 1 or ends.shape[0] == 0:
-        raise ValueError(f"{path}/meta/episode_ends should be a non-empty (E,) array")
+        raise DamagedFileError(f"{path}/meta/episode_ends should be a non-empty (E,) array")
     return group
 
 
 def import_pusht_zarr(zarr_path: str | Path, out_root: str | Path, state: str = "agent_pos", with_images: bool = True,
                       max_episodes: int | None = None, progress: bool = True) -> EpisodeStore:
-    """Write the zarr's episodes into an episode store and finalize it.
+    """Write the zarr's episodes into an episode store and finalize it (one importer per ``out_root``).
 
     Episodes already in ``out_root`` (a previous, interrupted import) are checked against the source's
     lengths and skipped.
@@ -87,6 +88,12 @@ def import_pusht_zarr(zarr_path: str | Path, out_root: str | Path, state: str = 
     """
     if state not in STATE_VARIANTS:
         raise ValueError(f"unknown PushT state variant '{state}'; known: {', '.join(STATE_VARIANTS)}")
+    with DirectoryLock(out_root, "PushT import"):
+        return _import(zarr_path, Path(out_root), state, with_images, max_episodes, progress)
+
+
+def _import(zarr_path: str | Path, out_root: Path, state: str, with_images: bool, max_episodes: int | None,
+            progress: bool) -> EpisodeStore:
     group = open_pusht_zarr(zarr_path)
     ends = np.asarray(group["meta/episode_ends"][:], dtype=np.int64)
     starts = np.concatenate([[0], ends[:-1]])
@@ -208,11 +215,12 @@ def find_pusht_data(configured_path: str | Path | None, cache_dir: str | Path = 
             return path / ZARR_NAME
         if path.is_file():
             if not zipfile.is_zipfile(path):
-                raise ValueError(f"{path} is neither a {ZARR_NAME} directory nor {ZIP_NAME}")
+                raise DamagedFileError(f"{path} is neither a {ZARR_NAME} directory nor {ZIP_NAME}")
             return cached if _is_zarr_group(cached) else _extract(path, cache_dir)  # extracted once
         if path.exists():
-            raise ValueError(f"{path} is a directory without {ZARR_NAME} in it")
-        warnings.warn(f"the configured PushT data {path} does not exist; looking in {cache_dir} instead")
+            raise MissingResourceError(f"{path} is a directory without {ZARR_NAME} in it")
+        raise MissingResourceError(f"the PushT data {path} does not exist; {how_to_configure} (a {ZARR_NAME} "
+                                   f"directory or {ZIP_NAME}), or leave it empty to use {cache_dir}")
     if _is_zarr_group(cached):
         return cached
     zip_path = cache_dir / ZIP_NAME
@@ -221,7 +229,7 @@ def find_pusht_data(configured_path: str | Path | None, cache_dir: str | Path = 
     parsed = urllib.parse.urlparse(url)
     host = parsed.hostname or ""
     if not _reachable(host, parsed.port or (80 if parsed.scheme == "http" else 443)):
-        raise FileNotFoundError(
+        raise MissingResourceError(
             f"the PushT demonstrations are not on this machine and {host} cannot be reached (offline?). "
             f"Download {url} elsewhere and put it at {zip_path} (it is extracted on first use), or extract it so "
             f"that {cached} exists, or use a copy elsewhere: {how_to_configure} (a {ZARR_NAME} directory or "

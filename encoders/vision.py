@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from core.configuration import ConfigError, doc_field
+from core.errors import MissingResourceError
 from core.network import host_reachable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -57,7 +58,7 @@ def load_resnet18_weights(pretrained: str) -> dict[str, torch.Tensor] | None:
         if not path.is_file():
             url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
             if not host_reachable(urlparse(url).hostname, timeout=1.0):
-                raise FileNotFoundError(
+                raise MissingResourceError(
                     f"ImageNet ResNet18 weights are not cached and {url} cannot be reached (offline?). "
                     f"Download {path.name} on a connected machine and put it at {path}, "
                     "or set vision.pretrained to a local weights file, or to 'none' to train from scratch.")
@@ -65,7 +66,7 @@ def load_resnet18_weights(pretrained: str) -> dict[str, torch.Tensor] | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     path = Path(pretrained)
     if not path.is_file():
-        raise FileNotFoundError(f"vision.pretrained: weights file {path} does not exist (or use imagenet | none)")
+        raise MissingResourceError(f"vision.pretrained: weights file {path} does not exist (or use imagenet | none)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -20,4 +20,9 @@ class EnvConfig:
         if self.cameras and min(self.image_size) < 32:
             raise ConfigError(f"env.image_size {self.image_size} is too small for ResNet18 (at least 32x32)")
         if self.max_episode_steps < 1:
-            raise ConfigError("env.max_episode_steps must be >= 1")
+            raise ConfigError(f"env.max_episode_steps must be >= 1, got {self.max_episode_steps}")
+        if self.cameras and max(self.image_size) > 1024:
+            raise ConfigError(f"env.image_size {self.image_size} is larger than 1024 pixels a side")
+        from envs.specs import check_env_config  # specs reads this module: import at call time
+
+        check_env_config(self)

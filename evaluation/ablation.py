@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.learning_curve import learning_curve
+from core.errors import UserError
 from core.schema import load_config
 from evaluation.metrics import wilson_interval
 
@@ -62,12 +63,12 @@ def parse_grid(axes: list[str]) -> list[tuple[str, list[str]]]:
     for axis in axes:
         key, sep, values = axis.partition("=")
         if not sep or not key or not values:
-            raise ValueError(f"grid axis '{axis}' must look like key=value1,value2")
+            raise UserError(f"grid axis '{axis}' must look like key=value1,value2")
         if key in (k for k, _ in grid):
-            raise ValueError(f"grid axis '{key}' given twice")
+            raise UserError(f"grid axis '{key}' given twice")
         split = [v.strip() for v in re.split(r",(?![^\[]*\])", values)]
         if len(set(split)) != len(split):
-            raise ValueError(f"grid axis '{key}' repeats a value: {split}")
+            raise UserError(f"grid axis '{key}' repeats a value: {split}")
         grid.append((key, split))
     return grid
 
@@ -78,7 +79,7 @@ def expand(grid: list[tuple[str, list[str]]]) -> list[Cell]:
              for combo in itertools.product(*[values for _, values in grid])]
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
-        raise ValueError("two grid values map to the same run directory name; make them differ in letters or digits")
+        raise UserError("two grid values map to the same run directory name; make them differ in letters or digits")
     return cells
 
 
@@ -88,8 +89,8 @@ def check_same_grid(out: Path, spec: dict) -> None:
     if path.is_file():
         before = json.loads(path.read_text())
         if before != spec:
-            raise SystemExit(f"{out} holds a grid run with {before}, not {spec}: "
-                             "use another --out, or the same arguments to resume it")
+            raise UserError(f"{out} holds a grid run with {before}, not {spec}: "
+                            "use another --out, or the same arguments to resume it")
     else:
         path.write_text(json.dumps(spec, indent=2))
 

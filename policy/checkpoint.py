@@ -3,10 +3,16 @@
     run/checkpoint/
         model.safetensors   trained weights + normalizer statistics (the frozen language model is
                             not part of the policy's state: it reloads from text.model_name)
-        config.json         the resolved experiment config and the features (shapes)
+        config.json         the resolved experiment config, the features (shapes) and the SHA-256 of
+                            model.safetensors (checked on load: a damaged file says so)
         stats.json          normalizer statistics, for people to read
+
+Replacing a checkpoint renames the old directory aside (``.NAME.old``), then the new one into
+place; a crash between the two renames leaves no ``NAME`` but a complete ``.NAME.old``, which
+every load (and the next save) renames back. Weights with NaN or inf are never written.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,12 +23,56 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.configuration import from_dict, to_dict
+from core.configuration import ConfigError, from_dict, to_dict
+from core.errors import DamagedFileError, MissingResourceError, UserError
 from core.schema import Config
 from envs.features import Features
 from policy.vla_policy import VLAPolicy
 
 WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "stats.json"
+
+
+class NonFiniteWeightsError(UserError):
+    """Weights that hold NaN or inf: a diverged training run, never saved and never evaluated."""
+
+
+def _old(directory: Path) -> Path:
+    return directory.with_name(f".{directory.name}.old")
+
+
+def recover(directory: str | Path) -> Path:
+    """Finish a swap a crash interrupted: with no ``directory`` but a complete ``.NAME.old``, restore it."""
+    directory = Path(directory)
+    if not directory.exists() and (_old(directory) / CONFIG).is_file():
+        os.replace(_old(directory), directory)
+    return directory
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the half-written ``.NAME.*`` folders that killed saves leave beside ``directory``.
+
+    Only call this while holding the run's lock (no other process can be saving).
+    """
+    directory = recover(directory)
+    stale = [p for p in directory.parent.glob(f".{directory.name}.*") if p.is_dir() and p != _old(directory)]
+    if directory.exists():
+        stale += [_old(directory)] if _old(directory).exists() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors in ``state`` holding NaN or inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_policy(policy: VLAPolicy, directory: str | Path, extra: dict[str, dict] | None = None) -> Path:
@@ -34,15 +84,21 @@ def save_policy(policy: VLAPolicy, directory: str | Path, extra: dict[str, dict]
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    bad = non_finite_tensors(state)
+    if bad:
+        raise NonFiniteWeightsError(f"refusing to save {directory}: {len(bad)} tensors hold NaN or inf "
+                                    f"(e.g. {bad[0]}); training diverged")
+    recover(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     save_file(state, str(tmp / WEIGHTS))
-    meta = {"config": to_dict(policy.config), "features": asdict(policy.features)}
+    meta = {"config": to_dict(policy.config), "features": asdict(policy.features),
+            "weights_sha256": _sha256(tmp / WEIGHTS)}
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
     (tmp / STATS).write_text(json.dumps(policy.normalizer.to_json(), indent=2))
     for name, content in (extra or {}).items():
         torch.save(content, tmp / name)
-    if directory.exists():  # swap in the new directory, then drop the old one
-        old = directory.with_name(f".{directory.name}.old")
+    if directory.exists():  # swap in the new directory, then drop the old one (see the module doc)
+        old = _old(directory)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
         os.replace(tmp, directory)
@@ -52,24 +108,56 @@ def save_policy(policy: VLAPolicy, directory: str | Path, extra: dict[str, dict]
     return directory
 
 
-def load_config_and_features(directory: str | Path) -> tuple[Config, Features]:
-    path = Path(directory) / CONFIG
+def _read_meta(directory: str | Path) -> dict:
+    path = recover(directory) / CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not an EasyVLA checkpoint (no {CONFIG})")
-    meta = json.loads(path.read_text())
+        raise MissingResourceError(f"{directory} is not an EasyVLA checkpoint (no {CONFIG})")
+    try:
+        meta = json.loads(path.read_text())
+        meta["features"]["state_dim"], meta["config"]["env"]  # noqa: B018 (the keys every checkpoint has)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise DamagedFileError(f"{path} is damaged (not the JSON a checkpoint writes); use another checkpoint, "
+                               "e.g. checkpoints/best or checkpoints/latest") from None
+    return meta
+
+
+def load_config_and_features(directory: str | Path) -> tuple[Config, Features]:
+    meta = _read_meta(directory)
     features = meta["features"]
     features = Features(features["state_dim"], features["action_dim"], tuple(features["cameras"]),
                         tuple(features["image_size"]))
-    return from_dict(Config, meta["config"]), features
+    try:
+        config = from_dict(Config, meta["config"])
+    except ConfigError as error:
+        raise DamagedFileError(f"{Path(directory) / CONFIG} holds a config this version cannot load ({error})") from None
+    return config, features
 
 
 def load_weights(policy: VLAPolicy, directory: str | Path) -> None:
-    """Load a checkpoint's safetensors weights into an existing policy of the same config."""
-    state = load_file(str(Path(directory) / WEIGHTS), device=str(next(policy.parameters()).device))
+    """Load a checkpoint's safetensors weights into an existing policy of the same config.
+
+    The file's SHA-256 must match the one written beside it, and every tensor must be finite.
+    """
+    directory = recover(directory)
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise MissingResourceError(f"checkpoint {directory} has no {WEIGHTS}")
+    expected = _read_meta(directory).get("weights_sha256")  # absent in checkpoints from before it was recorded
+    if expected is not None and _sha256(path) != expected:
+        raise DamagedFileError(f"{path} is damaged (its SHA-256 differs from the one saved in {CONFIG}); "
+                               "use another checkpoint, e.g. checkpoints/best or checkpoints/latest")
+    try:
+        state = load_file(str(path), device=str(next(policy.parameters()).device))
+    except Exception as error:  # safetensors raises its own error type for truncated or garbled files
+        raise DamagedFileError(f"{path} cannot be read ({str(error).splitlines()[0]}); use another checkpoint") from None
+    bad = non_finite_tensors(state)
+    if bad:
+        raise NonFiniteWeightsError(f"{path} holds NaN or inf in {len(bad)} tensors (e.g. {bad[0]}): the run "
+                                    "diverged; evaluate an earlier checkpoint")
     missing, unexpected = policy.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {directory} does not match its config: missing {sorted(missing)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
+        raise DamagedFileError(f"checkpoint {directory} does not match its config: missing {sorted(missing)[:5]}, "
+                               f"unexpected {sorted(unexpected)[:5]}")
 
 
 def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import UserError
+
 import ablate
 from evaluation.ablation import Cell, expand, parse_grid, summarize_settings
 
@@ -20,11 +22,11 @@ def test_grid_expands_every_combination_with_bracketed_values():
     assert cells[0].overrides == ("action_head.type=diffusion", "action_head.down_dims=[16,32]", "seed=0")
     assert cells[1].seed == 1 and cells[0].setting == cells[1].setting  # seeds are averaged, not compared
     assert "/" not in cells[0].name and "[" not in cells[0].name
-    with pytest.raises(ValueError, match="key=value1,value2"):
+    with pytest.raises(UserError, match="key=value1,value2"):
         parse_grid(["seed"])
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(UserError, match="twice"):
         parse_grid(["seed=0", "seed=1"])
-    with pytest.raises(ValueError, match="repeats"):
+    with pytest.raises(UserError, match="repeats"):
         parse_grid(["seed=0,0"])
 
 
@@ -73,5 +75,5 @@ def test_ablate_runs_a_grid_reports_it_and_resumes(tmp_path, tiny_text_model, mo
 
     # Continuing the folder with another budget would mix configurations: refused before any training.
     monkeypatch.setattr(sys, "argv", [*argv, "train.steps=3"])
-    with pytest.raises(SystemExit, match="holds a grid run"):
+    with pytest.raises(UserError, match="holds a grid run"):
         ablate.main()

@@ -119,6 +119,18 @@ def test_text_encoder_caches_by_instruction_and_is_frozen(tiny_text_model):
     assert not encoder.language_model.training
 
 
+def test_tiny_text_model_knows_its_words(tiny_text_model):
+    # Guards the fixture itself: a tokenizer that maps words to [UNK] makes every instruction equal.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_text_model, local_files_only=True)
+    ids = tokenizer("push the block to the target")["input_ids"]
+    assert len(ids) == 8 and tokenizer.unk_token_id not in ids
+    encoder = TextEncoder(TextConfig(model_name=tiny_text_model), d_model=8)
+    vectors = encoder.embed(["reach the goal", "push the block", "open the drawer"])
+    assert torch.cdist(vectors, vectors)[~torch.eye(3, dtype=torch.bool)].min() > 1e-3
+
+
 def test_text_pooling_options_differ(tiny_text_model):
     cls = TextEncoder(TextConfig(model_name=tiny_text_model, pooling="cls"), 8).embed(["reach the goal"])
     mean = TextEncoder(TextConfig(model_name=tiny_text_model, pooling="mean"), 8).embed(["reach the goal"])

@@ -320,7 +320,7 @@ def test_find_offline_without_data_names_where_to_put_it(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="cannot be reached") as error:
         find_pusht_data(None, cache)
     assert str(cache / "pusht.zip") in str(error.value) and "--zarr" in str(error.value)
-    with pytest.warns(UserWarning, match="does not exist"), pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.zarr does not exist"):  # a typo is not a reason to download
         find_pusht_data(tmp_path / "missing.zarr", cache)
 
 

@@ -1,15 +1,20 @@
 """End to end on a tiny budget: the real train.py and evaluate.py, resuming, and interrupted collection."""
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import evaluate
 import train
+from core.errors import UserError
 from core.schema import load_config
 from data.collect import collect_metaworld
 from data.episode_store import EpisodeStore
@@ -79,10 +84,10 @@ def test_evaluate_errors_say_what_to_do(tmp_path, tiny_overrides, monkeypatch):
     run = tmp_path / "run"
     run_train(monkeypatch, "--config", CONFIG, "--run-dir", str(run), "--no-final-eval",
               "--set", *tiny_overrides, "eval.every=0")
-    with pytest.raises(SystemExit, match="is a metaworld checkpoint, not pusht"):
+    with pytest.raises(UserError, match="is a metaworld checkpoint, not pusht"):
         monkeypatch.setattr(sys, "argv", ["evaluate.py", "--env", "pusht", "--checkpoint", str(run)])
         evaluate.main()
-    with pytest.raises(SystemExit, match="unknown Meta-World task"):
+    with pytest.raises(UserError, match=r"--task: env.tasks: \['fly-v3'\] not among the metaworld tasks"):
         monkeypatch.setattr(sys, "argv", ["evaluate.py", "--env", "metaworld", "--checkpoint", str(run),
                                           "--task", "fly-v3"])
         evaluate.main()
@@ -95,7 +100,8 @@ def test_evaluate_errors_say_what_to_do(tmp_path, tiny_overrides, monkeypatch):
 
 def test_resume_continues_exactly_where_a_killed_run_stopped(tmp_path, tiny_overrides, monkeypatch):
     common = ["--config", CONFIG, "--no-final-eval", "--set", *tiny_overrides, "eval.every=0",
-              "vision.augment_shift=2", "fusion.dropout=0.1"]  # augmentation and dropout draw from the RNG
+              "vision.augment_shift=2", "fusion.dropout=0.1",  # augmentation and dropout draw from the RNG
+              "train.ema_decay=0.9"]  # the EMA's warm-up depends on the step: resumed too
     run_train(monkeypatch, "--run-dir", str(tmp_path / "straight"), *common)
     run_train(monkeypatch, "--run-dir", str(tmp_path / "killed"), "--stop-after", "2", *common)
     assert json.loads((tmp_path / "killed/checkpoints/latest/config.json").read_text())
@@ -104,6 +110,66 @@ def test_resume_continues_exactly_where_a_killed_run_stopped(tmp_path, tiny_over
     resumed = load_file(str(tmp_path / "killed/checkpoints/latest/model.safetensors"))
     assert straight.keys() == resumed.keys()
     assert all((straight[k] == resumed[k]).all() for k in straight)
+
+
+def test_resume_may_extend_the_budget(tmp_path, tiny_overrides, monkeypatch):
+    run = tmp_path / "run"
+    run_train(monkeypatch, "--config", CONFIG, "--run-dir", str(run), "--no-final-eval",
+              "--set", *tiny_overrides, "eval.every=0")
+    run_train(monkeypatch, "--resume", str(run), "--no-final-eval", "--set", "train.steps=6")
+    assert torch.load(run / "checkpoints/latest/training_state.pt", weights_only=True)["step"] == 6
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, tiny_overrides, monkeypatch):
+    run = tmp_path / "run"
+    with pytest.raises(train.TrainingDiverged, match=r"diverged at step \d+: loss .*--resume " + str(run)):
+        run_train(monkeypatch, "--config", CONFIG, "--run-dir", str(run), "--no-final-eval", "--set",
+                  *tiny_overrides, "eval.every=0", "train.steps=50", "train.save_every=1", "train.warmup_steps=1",
+                  "train.lr=1e30")
+    state = load_file(str(run / "checkpoints/latest/model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert not (run / "checkpoints" / "best").exists()  # nothing non-finite is ever chosen
+
+
+def test_a_crash_between_the_checkpoint_renames_still_resumes(tmp_path, tiny_overrides, monkeypatch):
+    run = tmp_path / "run"
+    common = ["--set", *tiny_overrides, "eval.every=0"]
+    run_train(monkeypatch, "--config", CONFIG, "--run-dir", str(run), "--no-final-eval", "--stop-after", "2", *common)
+    checkpoints = run / "checkpoints"
+    # The state a crash leaves after the first rename of a save: the complete old checkpoint aside,
+    # no 'latest', and a half-written temporary folder.
+    (checkpoints / "latest").rename(checkpoints / ".latest.old")
+    (checkpoints / ".latest.k1ll3d").mkdir()
+    (checkpoints / ".latest.k1ll3d" / "model.safetensors").write_bytes(b"half")
+    run_train(monkeypatch, "--resume", str(run), "--no-final-eval")
+    assert torch.load(checkpoints / "latest/training_state.pt", weights_only=True)["step"] == 4
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best", "latest"]  # no debris left
+
+
+def test_ctrl_c_saves_and_a_second_writer_is_refused(tmp_path, tiny_overrides, monkeypatch):
+    run = tmp_path / "run"
+    log = tmp_path / "stderr.txt"
+    command = [sys.executable, "train.py", "--config", CONFIG, "--run-dir", str(run), "--no-final-eval", "--set",
+               *tiny_overrides, "eval.every=0", "train.steps=1000000", "train.save_every=1000000",
+               "train.save_minutes=0"]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not re.search(r"\b[1-9]\d*/1000000\b", log.read_text()):  # a step has finished
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        with pytest.raises(UserError, match=f"{run} is in use by another train.py"):
+            run_train(monkeypatch, *command[2:])
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, log.read_text()
+    assert f"resume with: python train.py --resume {run}" in out
+    step = torch.load(run / "checkpoints/latest/training_state.pt", weights_only=True)["step"]
+    assert step >= 1 and f"SIGINT at step {step}" in out
+    assert "Traceback" not in log.read_text()
 
 
 def test_interrupted_collection_recovers(tmp_path, tiny_overrides):
