@@ -58,8 +58,12 @@ class EpisodeWriter:
                                  "use another directory for a different camera set or state variant")
         else:
             _atomic_write_text(meta_path, json.dumps(meta, indent=2))
-        for stale in (self.root / "episodes").glob(".*.tmp*"):  # a crash mid-write leaves only these
+        # A crash mid-write leaves only these. Writers hold the dataset's lock (data.collect,
+        # data.pusht_import), so nobody else is writing them.
+        for stale in (self.root / "episodes").glob(".*.tmp*"):
             stale.unlink()
+        for stale in self.root.glob(".frames.*"):  # a killed finalize
+            shutil.rmtree(stale, ignore_errors=True)
 
     def _episode_files(self) -> list[Path]:
         return sorted((self.root / "episodes").glob("[0-9]*.npz"))

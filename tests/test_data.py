@@ -46,9 +46,11 @@ def test_interrupted_writing_resumes_and_ignores_partial_files(tmp_path):
     state, action, images = episode(4, 0.0)
     writer.add_episode(state, action, "a", images=images)
     (tmp_path / "episodes" / ".000001.tmpxyz.npz").write_bytes(b"half an episode")  # killed mid-write
+    (tmp_path / ".frames.k1ll3d").mkdir()  # a killed finalize
+    (tmp_path / ".frames.k1ll3d" / "images.npy").write_bytes(b"partial")
     resumed = EpisodeWriter(tmp_path, FEATURES, fps=10)
     assert resumed.num_episodes == 1
-    assert not list((tmp_path / "episodes").glob(".*"))
+    assert not list((tmp_path / "episodes").glob(".*")) and not list(tmp_path.glob(".frames.*"))
     resumed.add_episode(state, action, "b", images=images)
     assert [e["task"] for e in resumed.episode_index()] == ["a", "b"]
     assert resumed.finalize().num_frames == 8
@@ -96,3 +98,15 @@ def test_stats_absolute_and_relative_are_cached(tmp_path):
     assert (store.root / "frames" / "stats.json").is_file()
     again = compute_stats(store, relative_actions=False, chunk_size=4)
     np.testing.assert_allclose(again[ACTION]["max"], stats[ACTION]["max"])
+
+
+def test_a_second_writer_of_one_dataset_is_refused(tmp_path):
+    from core.errors import UserError
+    from core.lock import DirectoryLock
+    from data.pusht_import import import_pusht_zarr
+
+    with DirectoryLock(tmp_path / "store", "PushT import"):  # as a running importer holds it
+        with pytest.raises(UserError, match="is in use by another PushT import"):
+            import_pusht_zarr(tmp_path / "source.zarr", tmp_path / "store", state="keypoints", with_images=False)
+    with pytest.raises(FileNotFoundError, match="not a zarr directory"):  # released: the import itself runs
+        import_pusht_zarr(tmp_path / "source.zarr", tmp_path / "store", state="keypoints", with_images=False)
