@@ -1,12 +1,25 @@
-"""Validation success against training steps and wall-clock time, read from a run's TensorBoard log.
+"""Validation curves against training steps, samples seen and wall-clock time, from TensorBoard logs.
 
     python -m benchmarks.learning_curve runs/metaworld_reach_20261122-101500 [--tag val/success_rate]
+    python -m benchmarks.learning_curve runs/a runs/b --plot curve.png      # PushT: score and success
+
+With ``--plot`` every run is drawn against samples seen (steps x train.batch_size, read from the
+run's config.yaml) and against training minutes, its final held-out evaluation
+(``eval_results.json``) marked at the end, and, for PushT, the published anchors on the same axes.
 """
 
 import argparse
+import json
 from pathlib import Path
 
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from core.errors import ArgumentParser, MissingResourceError, run_main
+
+# (label, samples seen, success rate, score) published for PushT from images; see BENCHMARKS.md.
+PUSHT_ANCHORS = [("LeRobot diffusion (GPU)", 12.8e6, 0.654, 0.955, "black"),
+                 ("VLA-0 SmolVLM2 (pretrained 0.5B VLM)", 0.48e6, 0.781, None, "grey")]
 
 
 def learning_curve(run_dir: Path, tag: str = "val/success_rate") -> list[tuple[int, float, float]]:
@@ -21,18 +34,94 @@ def learning_curve(run_dir: Path, tag: str = "val/success_rate") -> list[tuple[i
     return [(e.step, (e.wall_time - start) / 60, e.value) for e in events.Scalars(tag)]
 
 
+def training_minutes(run_dir: Path) -> dict[int, float]:
+    """step -> training minutes as train.py logged them (excludes data preparation; resumes add up)."""
+    return {step: value for step, _, value in learning_curve(run_dir, "train/minutes")}
+
+
+def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> None:
+    """Validation score (PushT) or success against samples seen and minutes; final evaluations marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharey="row")
+    pusht = False
+    for i, run in enumerate(runs):
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        batch = config["train"]["batch_size"]
+        pusht = pusht or config["env"]["name"] == "pusht"
+        minutes = training_minutes(run)
+        label = labels[i] if labels else run.name
+        rows = [("val/score", "score (avg max coverage)"), ("val/success_rate", "success rate")]
+        final = json.loads((run / "eval_results.json").read_text()) if (run / "eval_results.json").is_file() else None
+        for row, (tag, name) in enumerate(rows):
+            curve = learning_curve(run, tag)
+            if not curve:
+                continue
+            steps = [s for s, _, _ in curve]
+            values = [v for _, _, v in curve]
+            line, = axes[row, 0].plot([s * batch for s in steps], values, marker="o", label=f"{label} (validation)")
+            axes[row, 1].plot([minutes.get(s, m) for s, m, _ in curve], values, marker="o", color=line.get_color())
+            if final is not None:
+                key = "mean_max_reward" if tag == "val/score" else "success_rate"
+                value = final["overall"].get(key)
+                steps_done = final.get("training", {}).get("steps", steps[-1])
+                if value is not None:
+                    axes[row, 0].plot([steps_done * batch], [value], marker="*", markersize=14, linestyle="none",
+                                      color=line.get_color(), label=f"{label} (eval seeds 1000..)")
+                    seconds = final.get("training", {}).get("seconds")
+                    if seconds:
+                        axes[row, 1].plot([seconds / 60], [value], marker="*", markersize=14, linestyle="none",
+                                          color=line.get_color())
+            axes[row, 0].set_ylabel(name)
+    if pusht:
+        for label, samples, success, score, color in PUSHT_ANCHORS:
+            for row, value in ((0, score), (1, success)):
+                if value is not None:
+                    axes[row, 0].plot([samples], [value], marker="D", linestyle="none", color=color,
+                                      label=f"{label}, images")
+    for ax in axes[:, 0]:
+        ax.set_xscale("log")
+        ax.set_xlabel("training samples seen (steps x batch)")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 1]:
+        ax.set_xlabel("training minutes (this machine)")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", type=Path, nargs="+")
     parser.add_argument("--tag", default="val/success_rate")
+    parser.add_argument("--plot", type=Path, help="write a PNG of every run's curves (score and success)")
+    parser.add_argument("--labels", nargs="+", help="legend label per run (default: the folder names)")
     args = parser.parse_args()
-    curve = learning_curve(args.run_dir, args.tag)
-    if not curve:
-        raise SystemExit(f"{args.run_dir}: no '{args.tag}' in the TensorBoard log")
-    print(f"| step | minutes | {args.tag} |\n|---|---|---|")
-    for step, minutes, value in curve:
-        print(f"| {step} | {minutes:.1f} | {value:.2f} |")
+    if args.labels and len(args.labels) != len(args.run_dirs):
+        parser.error(f"--labels: {len(args.labels)} labels for {len(args.run_dirs)} runs")
+    for run in args.run_dirs:
+        if not (run / "config.yaml").is_file():
+            raise MissingResourceError(f"{run} is not a run folder (no config.yaml)")
+    if args.plot:
+        plot_runs(args.run_dirs, args.plot, args.labels)
+        print(f"plot: {args.plot}")
+        return
+    for run in args.run_dirs:
+        curve = learning_curve(run, args.tag)
+        if not curve:
+            raise MissingResourceError(f"{run}: no '{args.tag}' in the TensorBoard log")
+        minutes = training_minutes(run)
+        batch = yaml.safe_load((run / "config.yaml").read_text())["train"]["batch_size"]
+        print(f"{run}\n| step | samples | training minutes | {args.tag} |\n|---|---|---|---|")
+        for step, wall, value in curve:
+            print(f"| {step} | {step * batch:,} | {minutes.get(step, wall):.1f} | {value:.3f} |")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -67,3 +67,30 @@ def test_matmul_peak_is_a_plausible_rate():
 
     peak = matmul_peak("fp32", size=256, repeats=2)
     assert 1e8 < peak < 1e13  # 0.1 GFLOP/s .. 10 TFLOP/s on any CPU this runs on
+
+
+def test_learning_curve_reads_samples_and_training_minutes(tmp_path):
+    import json
+
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+
+    from benchmarks.learning_curve import learning_curve, plot_runs, training_minutes
+
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "pusht"}, "train": {"batch_size": 64}}))
+    writer = SummaryWriter(run / "tb")
+    for step, score, minutes in [(100, 0.3, 1.5), (200, 0.6, 3.0), (300, 0.8, 4.5)]:
+        writer.add_scalar("val/score", score, step)
+        writer.add_scalar("val/success_rate", score / 4, step)
+        writer.add_scalar("train/minutes", minutes, step)
+    writer.close()
+    (run / "eval_results.json").write_text(json.dumps({"overall": {"mean_max_reward": 0.82, "success_rate": 0.2},
+                                                       "training": {"steps": 300, "seconds": 280}}))
+    assert [(s, v) for s, _, v in learning_curve(run, "val/score")] == [(100, pytest.approx(0.3)),
+                                                                         (200, pytest.approx(0.6)),
+                                                                         (300, pytest.approx(0.8))]
+    assert training_minutes(run) == {100: pytest.approx(1.5), 200: pytest.approx(3.0), 300: pytest.approx(4.5)}
+    plot_runs([run], tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
