@@ -19,6 +19,7 @@ import torch
 
 from action_head import HEADS
 from benchmarks import latency, memory, scaling, throughput
+from core.errors import ArgumentParser, run_main
 from core.schema import load_config
 
 REACH = "configs/metaworld_reach.yaml"
@@ -28,7 +29,7 @@ MEMORY_CONFIGS = ["configs/metaworld_reach.yaml", "configs/metaworld_mt10.yaml",
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every config")
     parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
     parser.add_argument("--quick", action="store_true", help="fewer steps and calls (a smoke run)")
@@ -60,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,6 +16,7 @@ import torch
 
 from action_head import HEADS
 from benchmarks.memory import synthetic_batch, unit_normalizer_stats
+from core.errors import ArgumentParser, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from core.schema import load_config
 from envs import features_for
@@ -74,7 +75,7 @@ def latency_table(config_path: str, overrides: list[str], heads: list[str], call
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--heads", nargs="*", default=HEADS.names())
@@ -87,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from core.device import resolve_device
+from core.errors import ArgumentParser, run_main
 from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
 from benchmarks.live_memory import LiveStorageTracker
 from core.schema import Config, load_config
@@ -123,7 +124,7 @@ def memory_table(config_paths: list[str], overrides: list[str], heads: list[str]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", required=True, help="YAML config (repeatable)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides")
     parser.add_argument("--device", default=None, help="override the config's device")
@@ -138,4 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,6 +7,7 @@ One axis at a time around the config (the other settings stay as configured), at
 
 import argparse
 
+from core.errors import ArgumentParser, run_main
 from benchmarks import memory, throughput
 from core.schema import load_config
 
@@ -31,7 +32,7 @@ def scaling_table(config_path: str, overrides: list[str], axes: dict[str, list[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
@@ -39,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from action_head import HEADS
 from benchmarks.memory import synthetic_batch, training_step, unit_normalizer_stats
+from core.errors import ArgumentParser, run_main
 from core.keys import TASK
 from core.schema import Config, load_config
 from envs import features_for
@@ -122,7 +123,7 @@ def throughput_table(config_path: str, overrides: list[str], heads: list[str], p
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--heads", nargs="*", default=HEADS.names())
@@ -138,4 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core.errors import ArgumentParser, UserError, run_main
 from core.keys import OBS_IMAGE, OBS_STATE
 from core.lock import DirectoryLock
 from data.episode_store import EpisodeStore, EpisodeWriter
@@ -87,17 +88,17 @@ def main() -> None:
     from core.schema import load_config
     from data.provision import dataset_dir
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--episodes", type=int, default=None, help="per task (default: data.episodes_per_task)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     config = load_config(args.config, args.set)
     if config.env.name != "metaworld":
-        raise SystemExit("data.collect records Meta-World experts; PushT uses human data: python -m data.pusht_import")
+        raise UserError("data.collect records Meta-World experts; PushT uses human data: python -m data.pusht_import")
     store = collect_metaworld(config.env, args.episodes or config.data.episodes_per_task, dataset_dir(config))
     print(f"{store.root}: {store.num_episodes} episodes, {store.num_frames} frames")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core.errors import ArgumentParser, run_main
 from core.errors import DamagedFileError, MissingResourceError
 from core.lock import DirectoryLock
 from core.network import host_reachable
@@ -240,7 +241,7 @@ def find_pusht_data(configured_path: str | Path | None, cache_dir: str | Path = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Import the Diffusion Policy PushT zarr into an EasyVLA store.")
+    parser = ArgumentParser(description="Import the Diffusion Policy PushT zarr into an EasyVLA store.")
     parser.add_argument("--zarr", default=None,
                         help=f"{ZARR_NAME} directory or {ZIP_NAME}; default: the cache, else download")
     parser.add_argument("--out", required=True, help="store directory (resumes an interrupted import)")
@@ -257,4 +258,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
