@@ -169,3 +169,28 @@ def test_state_dropout_hides_the_state_only_in_training(tiny_text_model):
     loss, _ = policy.train()(batch)
     loss.backward()
     assert policy.hidden_state_token.grad is not None
+
+
+def test_ema_warms_up_then_averages_with_its_decay():
+    from policy.ema import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # the weights jump once, then stay
+    for _ in range(100):
+        ema.update(model)
+    # Warm-up: the initial weights are forgotten within ~100 steps, not after thousands (0.999^100 = 0.90).
+    assert ema.shadow["weight"].item() > 0.9
+    assert ema.current_decay() == pytest.approx(101 / 110)  # still warming up after 100 updates
+    ema.updates = 10_000
+    assert ema.current_decay() == 0.999
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    before = ema.shadow["weight"].item()
+    ema.update(model)
+    assert ema.shadow["weight"].item() == pytest.approx(before * 0.999)
+    with ema.applied(model):
+        assert model.weight.item() == pytest.approx(before * 0.999)
+    assert model.weight.item() == 0.0  # the raw weights come back
