@@ -16,6 +16,7 @@ setup(
         "pyyaml>=6.0",
         "tensorboard>=2.15",
         "safetensors>=0.4",
+        "filelock>=3.12",  # one writer per run folder and dataset (core/lock.py)
         "numpy>=1.26",
         "gymnasium>=1.0",
         "metaworld>=3.0",

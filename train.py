@@ -53,6 +53,8 @@ RESUMABLE_OVERRIDES = ("device", "train.steps", "train.log_every", "train.save_e
 
 class TrainingDiverged(UserError):
     """The loss or the gradient norm became NaN or inf; nothing non-finite was saved."""
+
+
 # TensorBoard's add_video imports moviepy, which imports pygame: keep it from probing sound cards.
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
