@@ -19,7 +19,7 @@ from pathlib import Path
 from core.device import resolve_device
 from core.errors import ArgumentParser, MissingResourceError, UserError, non_negative_int, positive_int, run_main
 from evaluation.run import evaluate_policy, format_table
-from policy.checkpoint import CONFIG, load_config_and_features, load_policy, recover
+from policy.checkpoint import CONFIG, load_config_and_features, load_policy, readable
 
 TRAIN_HINT = {"metaworld": "python train.py --config configs/metaworld_reach.yaml",
               "pusht": "python train.py --config configs/pusht.yaml"}
@@ -29,7 +29,7 @@ def find_checkpoint(path: Path | None, env: str, runs_dir: Path) -> Path:
     """A checkpoint directory: the one given (a run directory or a checkpoint), else the newest run for ``env``."""
     if path is not None:
         for candidate in (path, path / "checkpoints" / "best", path / "checkpoints" / "latest"):
-            if (recover(candidate) / CONFIG).is_file():
+            if (readable(candidate) / CONFIG).is_file():
                 return candidate
         raise MissingResourceError(f"no checkpoint at {path} (looked for {CONFIG} in it and in "
                                    "checkpoints/best|latest); pass a run directory or a checkpoint folder")

@@ -8,8 +8,9 @@
         stats.json          normalizer statistics, for people to read
 
 Replacing a checkpoint renames the old directory aside (``.NAME.old``), then the new one into
-place; a crash between the two renames leaves no ``NAME`` but a complete ``.NAME.old``, which
-every load (and the next save) renames back. Weights with NaN or inf are never written.
+place; a crash between the two renames leaves no ``NAME`` but a complete ``.NAME.old``. Loads read
+it from there (without writing anything), and the next save or resume, which hold the run's lock,
+rename it back. Weights with NaN or inf are never written.
 """
 
 import hashlib
@@ -40,10 +41,21 @@ def _old(directory: Path) -> Path:
     return directory.with_name(f".{directory.name}.old")
 
 
-def recover(directory: str | Path) -> Path:
-    """Finish a swap a crash interrupted: with no ``directory`` but a complete ``.NAME.old``, restore it."""
+def readable(directory: str | Path) -> Path:
+    """Where to read ``directory`` from: itself, or its complete ``.NAME.old`` if a crash left only that."""
     directory = Path(directory)
     if not directory.exists() and (_old(directory) / CONFIG).is_file():
+        return _old(directory)
+    return directory
+
+
+def recover(directory: str | Path) -> Path:
+    """Finish a swap a crash interrupted: with no ``directory`` but a complete ``.NAME.old``, restore it.
+
+    Writes: only for a process that holds the run's lock (a save, a resume).
+    """
+    directory = Path(directory)
+    if readable(directory) != directory:
         os.replace(_old(directory), directory)
     return directory
 
@@ -109,7 +121,7 @@ def save_policy(policy: VLAPolicy, directory: str | Path, extra: dict[str, dict]
 
 
 def _read_meta(directory: str | Path) -> dict:
-    path = recover(directory) / CONFIG
+    path = readable(directory) / CONFIG
     if not path.is_file():
         raise MissingResourceError(f"{directory} is not an EasyVLA checkpoint (no {CONFIG})")
     try:
@@ -138,7 +150,7 @@ def load_weights(policy: VLAPolicy, directory: str | Path) -> None:
 
     The file's SHA-256 must match the one written beside it, and every tensor must be finite.
     """
-    directory = recover(directory)
+    directory = readable(directory)
     path = directory / WEIGHTS
     if not path.is_file():
         raise MissingResourceError(f"checkpoint {directory} has no {WEIGHTS}")

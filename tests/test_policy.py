@@ -194,3 +194,20 @@ def test_ema_warms_up_then_averages_with_its_decay():
     with ema.applied(model):
         assert model.weight.item() == pytest.approx(before * 0.999)
     assert model.weight.item() == 0.0  # the raw weights come back
+
+
+def test_a_checkpoint_left_aside_by_a_crash_loads_and_the_next_save_restores_it(tiny_text_model, tmp_path):
+    from policy.checkpoint import NonFiniteWeightsError
+
+    policy = make_policy(tiny_text_model)
+    save_policy(policy, tmp_path / "latest")
+    (tmp_path / "latest").rename(tmp_path / ".latest.old")  # a crash between the two renames of a save
+    loaded = load_policy(tmp_path / "latest")  # reading writes nothing
+    assert loaded.config == policy.config and not (tmp_path / "latest").exists()
+    save_policy(policy, tmp_path / "latest")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+    with torch.no_grad():
+        next(policy.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteWeightsError, match="training diverged"):
+        save_policy(policy, tmp_path / "latest")
+    assert torch.isfinite(next(load_policy(tmp_path / "latest").parameters())).all()  # the good one stays
