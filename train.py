@@ -391,12 +391,14 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     if args.no_final_eval:
         return
     final = load_policy(best_dir, device)
+    final_step = load_training_state(best_dir)["step"]
     result = evaluate_policy(final, config, split="eval", videos=config.eval.videos, video_dir=run_dir / "videos")
     result.pop("video_frames")
     result["training"] = {"steps": step, "batch_size": config.train.batch_size, "processes": info.world_size,
                           "effective_batch_size": config.train.batch_size * info.world_size,
                           "seconds": round(train_seconds, 1), "device": str(device),
-                          "checkpoint": "best on validation" if best >= 0 else "last"}
+                          "checkpoint": "best on validation" if best >= 0 else "last",
+                          "checkpoint_step": final_step}
     (run_dir / "eval_results.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))
     print(f"results: {run_dir / 'eval_results.json'}")

@@ -67,14 +67,15 @@ def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> N
             if final is not None:
                 key = "mean_max_reward" if tag == "val/score" else "success_rate"
                 value = final["overall"].get(key)
-                steps_done = final.get("training", {}).get("steps", steps[-1])
+                training = final.get("training", {})
+                # The evaluated checkpoint's step (the best on validation), else the end of training.
+                at = training.get("checkpoint_step", training.get("steps", steps[-1]))
                 if value is not None:
-                    axes[row, 0].plot([steps_done * batch], [value], marker="*", markersize=14, linestyle="none",
-                                      color=line.get_color(), label=f"{label} (eval seeds 1000..)")
-                    seconds = final.get("training", {}).get("seconds")
-                    if seconds:
-                        axes[row, 1].plot([seconds / 60], [value], marker="*", markersize=14, linestyle="none",
-                                          color=line.get_color())
+                    axes[row, 0].plot([at * batch], [value], marker="*", markersize=14, linestyle="none",
+                                      color=line.get_color(), label=f"{label} (eval seeds 1000.., that checkpoint)")
+                    at_minutes = minutes.get(at, training.get("seconds", 0) / 60)
+                    axes[row, 1].plot([at_minutes], [value], marker="*", markersize=14, linestyle="none",
+                                      color=line.get_color())
             axes[row, 0].set_ylabel(name)
     if pusht:
         for label, samples, success, score, color in PUSHT_ANCHORS:

@@ -87,7 +87,7 @@ def test_learning_curve_reads_samples_and_training_minutes(tmp_path):
         writer.add_scalar("train/minutes", minutes, step)
     writer.close()
     (run / "eval_results.json").write_text(json.dumps({"overall": {"mean_max_reward": 0.82, "success_rate": 0.2},
-                                                       "training": {"steps": 300, "seconds": 280}}))
+                                                       "training": {"steps": 300, "seconds": 280, "checkpoint_step": 200}}))
     assert [(s, v) for s, _, v in learning_curve(run, "val/score")] == [(100, pytest.approx(0.3)),
                                                                          (200, pytest.approx(0.6)),
                                                                          (300, pytest.approx(0.8))]
