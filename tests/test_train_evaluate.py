@@ -91,7 +91,7 @@ def test_evaluate_errors_say_what_to_do(tmp_path, tiny_overrides, monkeypatch):
         monkeypatch.setattr(sys, "argv", ["evaluate.py", "--env", "metaworld", "--checkpoint", str(run),
                                           "--task", "fly-v3"])
         evaluate.main()
-    with pytest.raises(FileNotFoundError, match="Train one first"):
+    with pytest.raises(FileNotFoundError, match="train one first"):
         evaluate.find_checkpoint(None, "pusht", tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         evaluate.find_checkpoint(tmp_path / "missing", "metaworld", tmp_path)
