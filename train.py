@@ -325,7 +325,7 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     with stop:
         for batch in bar:
             loss, metrics, grad_norm = train_step(model, batch, device, autocast, optimizer, trainable, config)
-            if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+            if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):  # one sync per step
                 # Before optimizer.step: the weights are still those of the last good step.
                 good = (f"the last good checkpoint is {latest_dir} (step {last_saved['step']}); resume it with "
                         f"python train.py --resume {run_dir}" if last_saved["step"] is not None

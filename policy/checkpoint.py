@@ -22,7 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from core.configuration import ConfigError, from_dict, to_dict
 from core.errors import DamagedFileError, MissingResourceError, UserError
@@ -79,12 +80,8 @@ def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def save_policy(policy: VLAPolicy, directory: str | Path, extra: dict[str, dict] | None = None) -> Path:
@@ -102,9 +99,10 @@ def save_policy(policy: VLAPolicy, directory: str | Path, extra: dict[str, dict]
                                     f"(e.g. {bad[0]}); training diverged")
     recover(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    save_file(state, str(tmp / WEIGHTS))
+    weights = save_safetensors(state)  # serialized once: written and hashed from the same bytes
+    (tmp / WEIGHTS).write_bytes(weights)
     meta = {"config": to_dict(policy.config), "features": asdict(policy.features),
-            "weights_sha256": _sha256(tmp / WEIGHTS)}
+            "weights_sha256": _sha256(weights)}
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
     (tmp / STATS).write_text(json.dumps(policy.normalizer.to_json(), indent=2))
     for name, content in (extra or {}).items():
@@ -154,12 +152,13 @@ def load_weights(policy: VLAPolicy, directory: str | Path) -> None:
     path = directory / WEIGHTS
     if not path.is_file():
         raise MissingResourceError(f"checkpoint {directory} has no {WEIGHTS}")
+    data = path.read_bytes()  # read once: hashed, then parsed
     expected = _read_meta(directory).get("weights_sha256")  # absent in checkpoints from before it was recorded
-    if expected is not None and _sha256(path) != expected:
+    if expected is not None and _sha256(data) != expected:
         raise DamagedFileError(f"{path} is damaged (its SHA-256 differs from the one saved in {CONFIG}); "
                                "use another checkpoint, e.g. checkpoints/best or checkpoints/latest")
     try:
-        state = load_file(str(path), device=str(next(policy.parameters()).device))
+        state = load_safetensors(data)
     except Exception as error:  # safetensors raises its own error type for truncated or garbled files
         raise DamagedFileError(f"{path} cannot be read ({str(error).splitlines()[0]}); use another checkpoint") from None
     bad = non_finite_tensors(state)
