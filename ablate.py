@@ -18,16 +18,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.errors import ArgumentParser, UserError, run_main
-from evaluation.ablation import check_same_grid, expand, parse_grid, run_cell, validate_cells, write_report
+from experiment.ablation import check_same_grid, expand, parse_grid, run_cell, validate_cells, write_report
 
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="base YAML config")
+    parser.add_config_arguments(config_help="base YAML config",
+                                set_help="overrides for every cell (the budget: train.steps, train.batch_size, ...)")
     parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
                         help="axes of the grid; 'seed' axes are averaged over in the report")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides for every cell (the budget: train.steps, train.batch_size, ...)")
     parser.add_argument("--out", type=Path, required=True, help="results folder (rerun to resume)")
     parser.add_argument("--report-only", action="store_true", help="report the finished cells, train nothing")
     args = parser.parse_args()

@@ -18,11 +18,10 @@ from pathlib import Path
 
 from core.device import resolve_device
 from core.errors import ArgumentParser, MissingResourceError, UserError, non_negative_int, positive_int, run_main
+from envs import BENCHMARKS, benchmark
 from evaluation.run import evaluate_policy, format_table
-from policy.checkpoint import CONFIG, load_config_and_features, load_policy, readable
-
-TRAIN_HINT = {"metaworld": "python train.py --config configs/metaworld_reach.yaml",
-              "pusht": "python train.py --config configs/pusht.yaml"}
+from experiment.config import checkpoint_config
+from policy.checkpoint import CONFIG, load_policy, readable
 
 
 def find_checkpoint(path: Path | None, env: str, runs_dir: Path) -> Path:
@@ -41,7 +40,7 @@ def find_checkpoint(path: Path | None, env: str, runs_dir: Path) -> Path:
         except (ValueError, KeyError, TypeError):  # a damaged checkpoint is not a candidate
             continue
     if not found:
-        raise MissingResourceError(f"no {env} checkpoint under {runs_dir}/; train one first ({TRAIN_HINT[env]}) "
+        raise MissingResourceError(f"no {env} checkpoint under {runs_dir}/; train one first ({benchmark(env).train_command}) "
                                    "or pass --checkpoint RUN_DIR")
     newest_run = max({c.parent.parent for c in found}, key=lambda run: run.stat().st_mtime)
     best = newest_run / "checkpoints" / "best"
@@ -50,7 +49,7 @@ def find_checkpoint(path: Path | None, env: str, runs_dir: Path) -> Path:
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", required=True, choices=sorted(TRAIN_HINT))
+    parser.add_argument("--env", required=True, choices=BENCHMARKS.names())
     parser.add_argument("--task", nargs="+", help="Meta-World task(s) (default: the checkpoint's training tasks)")
     parser.add_argument("--checkpoint", type=Path, help="run or checkpoint directory (default: newest run for --env)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
@@ -64,12 +63,12 @@ def main() -> None:
     device = resolve_device(args.device)
 
     checkpoint = find_checkpoint(args.checkpoint, args.env, args.runs_dir)
-    config, _ = load_config_and_features(checkpoint)
+    config = checkpoint_config(checkpoint)
     if config.env.name != args.env:
         raise UserError(f"{checkpoint} is a {config.env.name} checkpoint, not {args.env}; "
                         f"use --env {config.env.name} or another --checkpoint")
     if args.task:
-        from envs.specs import check_env_config
+        from envs import check_env_config
 
         try:
             check_env_config(replace(config.env, tasks=list(args.task)))
@@ -84,8 +83,9 @@ def main() -> None:
     # Results go into the run (runs/NAME/ for runs/NAME/checkpoints/best), else beside the checkpoint.
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    result = evaluate_policy(policy, config, split="eval", episodes=args.episodes, first_seed=args.seed,
-                             n_envs=args.n_envs, videos=args.videos, video_dir=run_dir / f"videos_eval_{stamp}")
+    result = evaluate_policy(policy, config.env, split="eval", episodes=args.episodes, first_seed=args.seed,
+                             n_envs=args.n_envs or config.eval.n_envs, sample_seed=config.seed, videos=args.videos,
+                             video_dir=run_dir / f"videos_eval_{stamp}")
     result.pop("video_frames")
     result["checkpoint"] = str(checkpoint)
     out = run_dir / f"eval_{checkpoint.name}_{stamp}.json"

@@ -5,8 +5,11 @@ setup(
     version="0.1.0",
     description="A small, modular Vision-Language-Action model you can train and study on a laptop GPU or a CPU",
     python_requires=">=3.10",
-    packages=["core", "encoders", "fusion", "action_head", "policy", "envs", "data", "evaluation", "benchmarks"],
-    py_modules=["train", "evaluate", "ablate"],
+    # The repository root is the import root (as in Diffusion Policy and nanoGPT): run the commands from
+    # it. Nothing of ours is installed, so no generic name (core, data, envs, evaluate, ...) lands in
+    # site-packages beside other projects' packages; installing brings the dependencies.
+    packages=[],
+    py_modules=[],
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

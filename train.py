@@ -9,8 +9,8 @@ Under torchrun, train.batch_size is per process: the effective batch is batch_si
 checkpoints and evaluates.
 
 A run directory holds: config.yaml (resolved), tb/ (TensorBoard), checkpoints/latest and
-checkpoints/best (by validation success, or for PushT the validation score, the average max
-coverage reward; ties go to the later checkpoint; never chosen on evaluation seeds), videos/ and
+checkpoints/best (by the benchmark's headline metric on validation: Meta-World success, the
+PushT score; ties go to the later checkpoint; never chosen on evaluation seeds), videos/ and
 eval_results.json (the held-out evaluation of the best checkpoint, at the end).
 """
 
@@ -30,18 +30,17 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from core.configuration import ConfigError, apply_overrides, from_dict, to_dict
+from core.configuration import ConfigError, apply_overrides, describe, from_dict, to_dict
 from core.device import resolve_device
 from core.distributed import DistInfo, barrier, broadcast_object, init_distributed, replica_max_difference, shutdown
 from core.errors import ArgumentParser, DamagedFileError, MissingResourceError, UserError, run_main
 from core.lock import DirectoryLock
-from core.schema import Config, load_config
 from data.dataset import ChunkDataset, compute_stats
 from data.provision import ensure_dataset
-from envs.specs import features_for
+from envs import Features, benchmark, features_for
 from evaluation.run import evaluate_policy, format_table
-from policy.checkpoint import (load_config_and_features, load_policy, load_weights, remove_stale_temporaries,
-                               save_policy)
+from experiment.config import Config, checkpoint_config, load_config
+from policy.checkpoint import load_policy, load_weights, remove_stale_temporaries, save_policy
 from policy.ema import EMA
 from policy.vla_policy import VLAPolicy
 
@@ -60,11 +59,12 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (see configs/)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="dotted overrides, e.g. train.lr=3e-4 (may be repeated; with --resume only "
-                             "train.steps, train.log_every/save_every/save_minutes/num_workers, eval.* and device)")
+    keys = "\n".join(f"  {line}" for line in describe(Config))
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=f"config keys (YAML sections, or --set section.key=value):\n{keys}")
+    parser.add_config_arguments(required=False, set_help="dotted overrides, e.g. train.lr=3e-4 (may be repeated; "
+                                "with --resume only train.steps, train.log_every/save_every/save_minutes/num_workers, "
+                                "eval.* and device)")
     parser.add_argument("--resume", type=Path, help="run directory to continue from its latest checkpoint")
     parser.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/<config>_<time>)")
     parser.add_argument("--stop-after", type=int, help="exit after this many steps, as a crash would (tests)")
@@ -82,7 +82,7 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
     if not run_dir.is_dir():
         raise MissingResourceError(f"--resume {run_dir}: no such run directory")
     latest = run_dir / "checkpoints" / "latest"
-    config, _ = load_config_and_features(latest)
+    config = checkpoint_config(latest)
     if not overrides:
         return config
     for text in overrides:
@@ -150,7 +150,7 @@ def warmup_cosine(warmup: int, total: int):
     return factor
 
 
-def save_checkpoint(directory: Path, policy: VLAPolicy, optimizer, scheduler, ema: EMA | None,
+def save_checkpoint(directory: Path, policy: VLAPolicy, config: Config, optimizer, scheduler, ema: EMA | None,
                     step: int, best: float, seconds: float, world_size: int) -> None:
     """The weights to evaluate (EMA if enabled) plus everything --resume needs, atomically."""
     state = {"step": step, "best_val_metric": best, "train_seconds": seconds, "world_size": world_size,
@@ -162,18 +162,32 @@ def save_checkpoint(directory: Path, policy: VLAPolicy, optimizer, scheduler, em
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     with ema.applied(policy) if ema else contextlib.nullcontext():
-        save_policy(policy, directory, extra={TRAINING_STATE: state})
+        save_policy(policy, directory, run_config=to_dict(config), extra={TRAINING_STATE: state})
 
 
-def train_step(model, batch: dict, device: torch.device, autocast, optimizer, trainable: list,
-               config: Config) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """Forward, backward and clipping (not the optimizer step) -> (loss, metrics, gradient norm)."""
+class NonFiniteStep(Exception):
+    """The loss or gradient norm of a step is NaN or inf; raised before the optimizer step."""
+
+
+def train_step(model, policy: VLAPolicy, batch: dict, device: torch.device, autocast, optimizer, scheduler,
+               ema: EMA | None, trainable: list, grad_clip: float) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """One update (LeRobot's ``update_policy``): forward, backward, clip, optimizer and schedule, EMA.
+
+    Returns (loss, metrics, gradient norm). Raises NonFiniteStep before touching the weights when the
+    loss or the gradient norm is not finite, so they stay those of the last good step.
+    """
     batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     with autocast:
         loss, metrics = model(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.train.grad_clip or float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip or float("inf"))
+    if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):  # one sync per step
+        raise NonFiniteStep(f"loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g}")
+    optimizer.step()
+    scheduler.step()
+    if ema:
+        ema.update(policy)
     return loss, metrics, grad_norm
 
 
@@ -190,11 +204,50 @@ def load_training_state(checkpoint: Path) -> dict:
                                "from it; start a new run, or evaluate the checkpoint's weights") from None
 
 
+def load_data(config: Config, features: Features, info: DistInfo) -> tuple[ChunkDataset, dict]:
+    """The chunk dataset and its normalization statistics; collected or imported on first use.
+
+    Distributed, rank 0 makes the data and caches the statistics first, then the others read them.
+    """
+    if not info.is_main:
+        barrier(info)
+    store, episodes = ensure_dataset(config.env, config.data, progress=info.is_main)
+    stats = compute_stats(store, config.policy.relative_actions, config.policy.chunk_size)
+    if info.is_main:
+        barrier(info)
+    if store.features != features:
+        raise DamagedFileError(f"dataset {store.root} has {store.features}, the config describes {features}; "
+                               "delete that folder to rebuild it")
+    return ChunkDataset(store, config.policy.n_obs_steps, config.policy.chunk_size, episodes), stats
+
+
+def restore_training_state(checkpoint: Path, policy: VLAPolicy, optimizer, scheduler, ema: EMA | None,
+                           world_size: int) -> tuple[int, float, float]:
+    """Load weights, optimizer, schedule, EMA and RNG from ``checkpoint``: -> (step, best metric, seconds)."""
+    state = load_training_state(checkpoint)
+    if state.get("world_size", 1) != world_size:
+        raise UserError(f"{checkpoint.parent.parent} was trained by {state.get('world_size', 1)} process(es); resume "
+                        f"it with as many (now {world_size}), since the effective batch and data slices depend on it")
+    load_weights(policy, checkpoint)  # the saved weights are the EMA's when EMA is on
+    if ema:
+        policy.load_state_dict(state["raw_weights"])
+        device = next(policy.parameters()).device
+        ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
+        ema.updates = state["step"]
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    best = state.get("best_val_metric", state.get("best_val_success", -1.0))
+    return state["step"], best, state.get("train_seconds", 0.0)  # seconds: absent in early checkpoints
+
+
 def validate(policy: VLAPolicy, config: Config, ema: EMA | None, writer: SummaryWriter, step: int) -> float:
     """Roll out on validation layouts/seeds; returns the number that picks 'best' (higher is better)."""
     with ema.applied(policy) if ema else contextlib.nullcontext():
-        result = evaluate_policy(policy, config, split="val", episodes=config.eval.val_episodes,
-                                 videos=1, progress=False)
+        result = evaluate_policy(policy, config.env, split="val", episodes=config.eval.val_episodes,
+                                 n_envs=config.eval.n_envs, sample_seed=config.seed, videos=1, progress=False)
     policy.train()
     success = result["overall"]["success_rate"]
     writer.add_scalar("val/success_rate", success, step)
@@ -203,10 +256,10 @@ def validate(policy: VLAPolicy, config: Config, ema: EMA | None, writer: Summary
     if result["video_frames"]:
         video = torch.from_numpy(result["video_frames"][0]).permute(0, 3, 1, 2)[None]  # (1, T, 3, H, W)
         writer.add_video("val/rollout", video[:, ::2], step, fps=20)
-    if "mean_max_reward" in result["overall"]:  # PushT: the Diffusion Policy score, finer-grained than success
-        writer.add_scalar("val/score", result["overall"]["mean_max_reward"], step)
-        return result["overall"]["mean_max_reward"]
-    return success
+    spec = benchmark(config.env.name)
+    if spec.headline != "success_rate":  # e.g. PushT's score, finer-grained than success
+        writer.add_scalar(f"val/{spec.headline_name}", result["overall"][spec.headline], step)
+    return result["overall"][spec.headline]
 
 
 def main() -> None:
@@ -242,23 +295,10 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
 
     # The model first: a missing text model or weights file stops the run before any long data work.
     features = features_for(config.env)
-    policy = VLAPolicy(config, features)
+    policy = VLAPolicy(config.model, features)
 
-    # Data: collected or imported on first use, then reused. Distributed, rank 0 collects and caches
-    # the statistics first, then the other ranks read what it wrote.
-    if not info.is_main:
-        barrier(info)
-    store, episodes = ensure_dataset(config, progress=info.is_main)
-    stats = compute_stats(store, config.policy.relative_actions, config.policy.chunk_size)
-    if info.is_main:
-        barrier(info)
-    if store.features != features:
-        raise DamagedFileError(f"dataset {store.root} has {store.features}, the config describes {features}; "
-                               "delete that folder to rebuild it")
-    dataset = ChunkDataset(store, config.policy.n_obs_steps, config.policy.chunk_size, episodes)
-    log(f"data: {store.root} ({len(episodes)} episodes, {len(dataset)} samples)")
-
-    # Model, optimizer, schedule.
+    dataset, stats = load_data(config, features, info)
+    log(f"data: {dataset.store.root} ({len(dataset.episodes)} episodes, {len(dataset)} samples)")
     policy.normalizer.fit(stats)
     policy.to(device)
     if config.train.channels_last:
@@ -270,27 +310,12 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
         f"{config.train.batch_size * info.world_size} effective")
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps,
-                                                                           config.train.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps, config.train.steps))
     ema = EMA(policy, config.train.ema_decay) if config.train.ema_decay > 0 else None
     start_step, best, seconds_before = 0, -1.0, 0.0  # seconds: training wall clock of earlier (resumed) runs
     if args.resume:
-        state = load_training_state(run_dir / "checkpoints" / "latest")
-        load_weights(policy, run_dir / "checkpoints" / "latest")
-        if ema:
-            policy.load_state_dict(state["raw_weights"])
-            ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
-            ema.updates = state["step"]
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if state.get("world_size", 1) != info.world_size:
-            raise UserError(f"{run_dir} was trained by {state.get('world_size', 1)} process(es); resume it with as "
-                            f"many (now {info.world_size}), since the effective batch and data slices depend on it")
-        start_step, best = state["step"], state.get("best_val_metric", state.get("best_val_success", -1.0))
-        seconds_before = state.get("train_seconds", 0.0)  # absent in checkpoints from before it was recorded
+        start_step, best, seconds_before = restore_training_state(run_dir / "checkpoints" / "latest", policy,
+                                                                  optimizer, scheduler, ema, info.world_size)
         log(f"resumed {run_dir} at step {start_step}")
     model = policy
     if info.enabled:  # gradients are averaged over ranks in backward; `policy` stays the plain module
@@ -316,7 +341,7 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     last_saved = {"step": start_step if args.resume else None, "time": time.monotonic()}
 
     def save_latest() -> None:
-        save_checkpoint(latest_dir, policy, optimizer, scheduler, ema, step, best, elapsed(), info.world_size)
+        save_checkpoint(latest_dir, policy, config, optimizer, scheduler, ema, step, best, elapsed(), info.world_size)
         last_saved.update(step=step, time=time.monotonic())
 
     bar = tqdm(loader, initial=start_step, total=config.train.steps, desc="train", dynamic_ncols=True,
@@ -324,19 +349,15 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     stop = StopRequest()
     with stop:
         for batch in bar:
-            loss, metrics, grad_norm = train_step(model, batch, device, autocast, optimizer, trainable, config)
-            if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):  # one sync per step
-                # Before optimizer.step: the weights are still those of the last good step.
+            try:
+                loss, metrics, grad_norm = train_step(model, policy, batch, device, autocast, optimizer, scheduler,
+                                                      ema, trainable, config.train.grad_clip)
+            except NonFiniteStep as error:
                 good = (f"the last good checkpoint is {latest_dir} (step {last_saved['step']}); resume it with "
                         f"python train.py --resume {run_dir}" if last_saved["step"] is not None
                         else "no checkpoint was saved yet")
-                raise TrainingDiverged(f"training diverged at step {step + 1}: loss {loss.item():.4g}, gradient "
-                                       f"norm {grad_norm.item():.4g}; {good}, or start again with a lower train.lr "
-                                       f"(now {config.train.lr:g})")
-            optimizer.step()
-            scheduler.step()
-            if ema:
-                ema.update(policy)
+                raise TrainingDiverged(f"training diverged at step {step + 1}: {error}; {good}, or start again with "
+                                       f"a lower train.lr (now {config.train.lr:g})") from None
             step += 1
 
             if not info.is_main:  # the other ranks only train
@@ -344,20 +365,18 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
                     return
                 continue
             if step % config.train.log_every == 0 or step == config.train.steps:
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                writer.add_scalar("train/grad_norm", grad_norm.item(), step)
-                writer.add_scalar("train/minutes", elapsed() / 60, step)  # learning curves against wall clock
-                for name, value in metrics.items():
+                scalars = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),
+                           "minutes": elapsed() / 60, **metrics}  # minutes: learning curves against wall clock
+                for name, value in scalars.items():
                     writer.add_scalar(f"train/{name}", value, step)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.1e}")
             if config.eval.every and step % config.eval.every == 0 and config.eval.val_episodes:
                 metric = validate(policy, config, ema, writer, step)
-                tqdm.write(f"step {step}: validation {'score' if config.env.name == 'pusht' else 'success'} "
+                tqdm.write(f"step {step}: validation {benchmark(config.env.name).headline_name} "
                            f"{metric:.2f} (best {max(best, metric):.2f})")
                 if metric >= best:  # a tie goes to the later, longer-trained checkpoint
                     best = metric
-                    save_checkpoint(run_dir / "checkpoints" / "best", policy, optimizer, scheduler, ema, step, best,
+                    save_checkpoint(run_dir / "checkpoints" / "best", policy, config, optimizer, scheduler, ema, step, best,
                                     elapsed(), info.world_size)
             minutes = (time.monotonic() - last_saved["time"]) / 60
             if (step % config.train.save_every == 0 or step == config.train.steps
@@ -386,23 +405,27 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     # No validation rollouts during training: the last weights are the ones to evaluate.
     best_dir = run_dir / "checkpoints" / "best"
     if not best_dir.exists():
-        save_checkpoint(best_dir, policy, optimizer, scheduler, ema, step, best, train_seconds, info.world_size)
+        save_checkpoint(best_dir, policy, config, optimizer, scheduler, ema, step, best, train_seconds, info.world_size)
     writer.close()
-    if args.no_final_eval:
-        return
+    if not args.no_final_eval:
+        training = {"steps": step, "batch_size": config.train.batch_size, "processes": info.world_size,
+                    "effective_batch_size": config.train.batch_size * info.world_size,
+                    "seconds": round(train_seconds, 1), "device": str(device),
+                    "checkpoint": "best on validation" if best >= 0 else "last"}
+        final_evaluation(run_dir, config, device, training)
+
+
+def final_evaluation(run_dir: Path, config: Config, device: torch.device, training: dict) -> None:
+    """Evaluate checkpoints/best on the held-out seeds; write eval_results.json and print the table."""
+    best_dir = run_dir / "checkpoints" / "best"
     final = load_policy(best_dir, device)
-    final_step = load_training_state(best_dir)["step"]
-    result = evaluate_policy(final, config, split="eval", videos=config.eval.videos, video_dir=run_dir / "videos")
+    result = evaluate_policy(final, config.env, split="eval", episodes=config.eval.episodes, n_envs=config.eval.n_envs,
+                             sample_seed=config.seed, videos=config.eval.videos, video_dir=run_dir / "videos")
     result.pop("video_frames")
-    result["training"] = {"steps": step, "batch_size": config.train.batch_size, "processes": info.world_size,
-                          "effective_batch_size": config.train.batch_size * info.world_size,
-                          "seconds": round(train_seconds, 1), "device": str(device),
-                          "checkpoint": "best on validation" if best >= 0 else "last",
-                          "checkpoint_step": final_step}
+    result["training"] = {**training, "checkpoint_step": load_training_state(best_dir)["step"]}
     (run_dir / "eval_results.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))
     print(f"results: {run_dir / 'eval_results.json'}")
-
 
 if __name__ == "__main__":
     run_main(main)

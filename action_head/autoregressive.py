@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from action_head.base import HEADS, ActionHead, HeadConfig, masked_mean
+from action_head.base import ActionHead, HeadConfig, head_type, masked_mean, register_head
 from action_head.tokenizer import ActionTokenizer
 from core.configuration import ConfigError, doc_field
 from fusion.context import Context
@@ -25,7 +25,7 @@ from fusion.context import Context
 
 @dataclass
 class AutoregressiveHeadConfig(HeadConfig):
-    type: str = doc_field("autoregressive", "which head: diffusion | autoregressive | regression | flow")
+    type: str = head_type("autoregressive")
     n_bins: int = doc_field(512, "uniform bins per action value over [-1, 1] (the action vocabulary)")
     n_layers: int = doc_field(2, "causal transformer decoder layers")
     n_heads: int = doc_field(4, "attention heads (d_model must divide by it)")
@@ -48,7 +48,7 @@ class AutoregressiveHeadConfig(HeadConfig):
             raise ConfigError(f"action_head.temperature must be >= 0, got {self.temperature}")
 
 
-@HEADS.register("autoregressive")
+@register_head
 class AutoregressiveHead(ActionHead):
     """Causal transformer over action tokens, ordered timestep-major (t0d0, t0d1, ..., t1d0, ...).
 

@@ -6,6 +6,7 @@ Heads live entirely in normalized action space: targets and predictions are in [
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,11 +16,16 @@ from core.registry import Registry
 from fusion.context import Context
 
 
+def head_type(name: str) -> Any:
+    """The ``type`` field of a head's config: ``name`` is the head's one spelling (``register_head``)."""
+    return doc_field(name, "which head, a key of action_head.HEADS (train.py --help lists them)")
+
+
 @dataclass
 class HeadConfig:
     """Fields every head config has. Each head subclasses this with its own options."""
 
-    type: str = doc_field("", "which head: " + "diffusion | autoregressive | regression | flow")
+    type: str = head_type("")
 
 
 class ActionHead(nn.Module, ABC):
@@ -69,6 +75,11 @@ def masked_mean(values: torch.Tensor, action_is_pad: torch.Tensor) -> torch.Tens
 
 
 HEADS: Registry[ActionHead] = Registry("action head", ActionHead)
+
+
+def register_head(cls: type[ActionHead]) -> type[ActionHead]:
+    """Class decorator: register a head under its config's ``type`` default."""
+    return HEADS.register(cls.config_class.type)(cls)
 
 
 def head_config_class(name: str) -> type[HeadConfig]:

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from action_head.base import HEADS, ActionHead, masked_mean
+from action_head.base import ActionHead, head_type, masked_mean, register_head
 from action_head.denoisers import DenoiserHeadConfig, hold_last_action, make_denoiser
 from action_head.noise_schedule import BETA_SCHEDULES, SAMPLERS, BetaSchedule, NoiseSchedule, Sampler
 from core.configuration import ConfigError, doc_field
@@ -13,7 +13,7 @@ from fusion.context import Context
 
 @dataclass
 class DiffusionHeadConfig(DenoiserHeadConfig):
-    type: str = doc_field("diffusion", "which head: diffusion | autoregressive | regression | flow")
+    type: str = head_type("diffusion")
     num_train_steps: int = doc_field(100, "diffusion steps T used in training")
     beta_schedule: BetaSchedule = doc_field("squaredcos_cap_v2", "noise schedule: squaredcos_cap_v2 | linear")
     sampler: Sampler = doc_field("ddim", "ddim (deterministic, num_inference_steps) | ddpm (all T)")
@@ -32,7 +32,7 @@ class DiffusionHeadConfig(DenoiserHeadConfig):
         NoiseSchedule(self.num_train_steps, self.beta_schedule)
 
 
-@HEADS.register("diffusion")
+@register_head
 class DiffusionHead(ActionHead):
     """Epsilon-prediction DDPM over the (B, H, A) chunk, conditioned on ``context.global_vector()``."""
 

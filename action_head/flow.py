@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from action_head.base import HEADS, ActionHead, masked_mean
+from action_head.base import ActionHead, head_type, masked_mean, register_head
 from action_head.denoisers import DenoiserHeadConfig, hold_last_action, make_denoiser
 from core.configuration import ConfigError, doc_field
 from fusion.context import Context
@@ -20,7 +20,7 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class FlowHeadConfig(DenoiserHeadConfig):
-    type: str = doc_field("flow", "which head: diffusion | autoregressive | regression | flow")
+    type: str = head_type("flow")
     num_inference_steps: int = doc_field(10, "Euler steps from noise (t=0) to actions (t=1)")
 
     def __post_init__(self):
@@ -46,7 +46,7 @@ def euler_integrate(velocity_fn: VelocityFn, x: torch.Tensor, num_steps: int) ->
     return x
 
 
-@HEADS.register("flow")
+@register_head
 class FlowHead(ActionHead):
     """Flow matching on the linear path x_t = (1 - t) x0 + t x1, x0 ~ N(0, I), x1 the actions;
     the network regresses the velocity x1 - x0, conditioned on ``context.global_vector()``."""

@@ -8,14 +8,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from action_head.base import HEADS, ActionHead, HeadConfig, masked_mean
+from action_head.base import ActionHead, HeadConfig, head_type, masked_mean, register_head
 from core.configuration import ConfigError, doc_field
 from fusion.context import Context
 
 
 @dataclass
 class RegressionHeadConfig(HeadConfig):
-    type: str = doc_field("regression", "which head: diffusion | autoregressive | regression | flow")
+    type: str = head_type("regression")
     loss: Literal["l1", "mse"] = doc_field("l1", "training loss on the normalized chunk: l1 | mse")
     hidden: int = doc_field(512, "width of the MLP's hidden layers")
     n_layers: int = doc_field(2, "hidden layers in the MLP (0 = a single linear readout)")
@@ -30,7 +30,7 @@ class RegressionHeadConfig(HeadConfig):
             raise ConfigError(f"action_head.dropout must be in [0, 1), got {self.dropout}")
 
 
-@HEADS.register("regression")
+@register_head
 class RegressionHead(ActionHead):
     """MLP from ``context.global_vector()`` (B, Q*d) to the chunk (B, H, A), trained with L1 or MSE.
 

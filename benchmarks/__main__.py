@@ -20,7 +20,7 @@ import torch
 from action_head import HEADS
 from benchmarks import latency, memory, scaling, throughput
 from core.errors import ArgumentParser, run_main
-from core.schema import load_config
+from experiment.config import load_config
 
 REACH = "configs/metaworld_reach.yaml"
 LATENCY_CONFIGS = ["configs/metaworld_reach.yaml", "configs/pusht.yaml"]
@@ -30,7 +30,8 @@ MEMORY_CONFIGS = ["configs/metaworld_reach.yaml", "configs/metaworld_mt10.yaml",
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every config")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="overrides for every config (may be repeated)")
     parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
     parser.add_argument("--quick", action="store_true", help="fewer steps and calls (a smoke run)")
     args = parser.parse_args()

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from action_head import HEADS
-from benchmarks.memory import synthetic_batch, unit_normalizer_stats
 from core.errors import ArgumentParser, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
-from core.schema import load_config
-from envs import features_for
+from data.synthetic import synthetic_batch, unit_normalizer_stats
+from envs import benchmark, features_for
+from experiment.config import load_config
 from policy.vla_policy import VLAPolicy
 
 
@@ -30,10 +30,10 @@ def percentiles_ms(samples: list[float]) -> tuple[float, float]:
 
 def measure_head(config, features, calls: int) -> dict[str, float]:
     torch.manual_seed(config.seed)
-    policy = VLAPolicy(config, features)
+    policy = VLAPolicy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
     policy.eval()
-    batch = synthetic_batch(features, config, 1, torch.device("cpu"))
+    batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, 1)
     obs = {OBS_STATE: batch[OBS_STATE][:, 0], TASK: batch[TASK]}
     if features.has_images:
         obs[OBS_IMAGE] = batch[OBS_IMAGE][:, 0]
@@ -54,17 +54,12 @@ def measure_head(config, features, calls: int) -> dict[str, float]:
             "plan_p50": plan50, "plan_p95": plan95}
 
 
-CONTROL_HZ = {"metaworld": 80, "pusht": 10}
-
-
 def latency_table(config_path: str, overrides: list[str], heads: list[str], calls: int) -> str:
     """Markdown: per head, select_action and re-plan latency against the env's control period."""
     lines = []
     for head in heads:
         config = load_config(config_path, overrides + [f"action_head.type={head}"])
-        if config.env.name not in CONTROL_HZ:
-            raise ValueError(f"no control rate known for env '{config.env.name}' (known: {sorted(CONTROL_HZ)})")
-        hz = CONTROL_HZ[config.env.name]
+        hz = benchmark(config.env.name).fps
         r = measure_head(config, features_for(config.env), calls)
         verdict = "yes" if r["plan_p95"] < 1000 / hz else "no"
         lines.append(f"| {head} | {r['step_p50']:.2f} / {r['step_p95']:.2f} / {r['step_mean']:.2f} | "
@@ -76,8 +71,7 @@ def latency_table(config_path: str, overrides: list[str], heads: list[str], call
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_config_arguments()
     parser.add_argument("--heads", nargs="*", default=HEADS.names())
     parser.add_argument("--calls", type=int, default=200, help="select_action calls per head")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmarks.live_memory import LiveStorageTracker
 from core.device import resolve_device
 from core.errors import ArgumentParser, run_main
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
-from benchmarks.live_memory import LiveStorageTracker
-from core.schema import Config, load_config
+from core.keys import TASK
+from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import features_for
 from envs.features import Features
+from experiment.config import Config, load_config
 from policy.vla_policy import VLAPolicy
 
 BUDGET_BYTES = 2**30
@@ -34,27 +35,6 @@ class MemoryReport:
     resident_bytes: int  # parameters, gradients, optimizer state and the batch, before the step (CPU only)
     language_model_bytes: int  # the frozen LM, kept on the CPU and outside the step (see encoders/text.py)
     device: str
-
-
-def synthetic_batch(features: Features, config: Config, batch_size: int, device: torch.device) -> dict:
-    """A training batch of the config's shapes, with random content."""
-    t, h = config.policy.n_obs_steps, config.policy.chunk_size
-    batch = {
-        OBS_STATE: torch.randn(batch_size, t, features.state_dim, device=device),
-        ACTION: torch.rand(batch_size, h, features.action_dim, device=device) * 2 - 1,
-        ACTION_IS_PAD: torch.zeros(batch_size, h, dtype=torch.bool, device=device),
-        TASK: ["reach the goal"] * batch_size,
-    }
-    if features.has_images:
-        shape = (batch_size, t, len(features.cameras), 3, *features.image_size)
-        batch[OBS_IMAGE] = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
-    return batch
-
-
-def unit_normalizer_stats(features: Features) -> dict:
-    def stats(dim):
-        return {"min": -torch.ones(dim), "max": torch.ones(dim), "mean": torch.zeros(dim), "std": torch.ones(dim)}
-    return {OBS_STATE: stats(features.state_dim), ACTION: stats(features.action_dim)}
 
 
 def training_step(policy: VLAPolicy, optimizer: torch.optim.Optimizer, batch: dict, precision: str) -> None:
@@ -72,7 +52,7 @@ def measure(config: Config, features: Features | None = None, device: str | None
     """Peak memory of one training step at ``config.train.batch_size``."""
     features = features or features_for(config.env)
     device = resolve_device(device or config.device)
-    policy = VLAPolicy(config, features)
+    policy = VLAPolicy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
     policy.to(device).train()
     if config.train.channels_last:
@@ -80,7 +60,8 @@ def measure(config: Config, features: Features | None = None, device: str | None
     counts = policy.parameter_counts()
     lm_bytes = sum(p.numel() * p.element_size() for p in policy.text.language_model.parameters())
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.train.lr)
-    batch = synthetic_batch(features, config, config.train.batch_size, device)
+    batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size,
+                            device)
     policy.text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
     training_step(policy, optimizer, batch, config.train.precision)  # warm-up: optimizer state exists
     if device.type == "cuda":
@@ -125,8 +106,7 @@ def memory_table(config_paths: list[str], overrides: list[str], heads: list[str]
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", required=True, help="YAML config (repeatable)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    parser.add_config_arguments(several=True)
     parser.add_argument("--device", default=None, help="override the config's device")
     args = parser.parse_args()
     over = False

@@ -7,9 +7,9 @@ One axis at a time around the config (the other settings stay as configured), at
 
 import argparse
 
-from core.errors import ArgumentParser, run_main
 from benchmarks import memory, throughput
-from core.schema import load_config
+from core.errors import ArgumentParser, run_main
+from experiment.config import load_config
 
 AXES = {
     "train.batch_size": ["16", "32", "64", "128"],
@@ -33,8 +33,7 @@ def scaling_table(config_path: str, overrides: list[str], axes: dict[str, list[s
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_config_arguments()
     args = parser.parse_args()
     print(scaling_table(args.config, args.set))
 

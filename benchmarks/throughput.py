@@ -19,11 +19,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from action_head import HEADS
-from benchmarks.memory import synthetic_batch, training_step, unit_normalizer_stats
+from benchmarks.memory import training_step
 from core.errors import ArgumentParser, run_main
 from core.keys import TASK
-from core.schema import Config, load_config
+from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import features_for
+from experiment.config import Config, load_config
 from policy.vla_policy import VLAPolicy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -44,13 +45,13 @@ def matmul_peak(precision: str, size: int = 2048, repeats: int = 5) -> float:
 def build(config: Config):
     torch.manual_seed(config.seed)
     features = features_for(config.env)
-    policy = VLAPolicy(config, features)
+    policy = VLAPolicy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
     policy.train()
     if config.train.channels_last:
         policy.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.train.lr)
-    batch = synthetic_batch(features, config, config.train.batch_size, torch.device("cpu"))
+    batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size)
     policy.text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
     return policy, optimizer, batch
 
@@ -124,8 +125,7 @@ def throughput_table(config_path: str, overrides: list[str], heads: list[str], p
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_config_arguments()
     parser.add_argument("--heads", nargs="*", default=HEADS.names())
     parser.add_argument("--precisions", nargs="*", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--steps", type=int, default=6, help="timed training steps per measurement")

@@ -30,11 +30,15 @@ class ConfigError(UserError, ValueError):
 
 
 def doc_field(default: Any = dataclasses.MISSING, doc: str = "", default_factory: Any = dataclasses.MISSING,
-              polymorphic: Callable[[str], type] | None = None) -> Any:
-    """A dataclass field with a one-line doc (shown by ``--help``-style listings)."""
+              polymorphic: Callable[[str], type] | None = None, choices: Callable[[], list[str]] | None = None) -> Any:
+    """A dataclass field with a one-line doc (shown by ``train.py --help``).
+
+    ``polymorphic`` maps the section's ``type`` to its config class; ``choices`` lists the types.
+    """
     metadata = {"doc": doc}
     if polymorphic is not None:
         metadata["polymorphic"] = polymorphic
+        metadata["choices"] = choices
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -243,6 +247,13 @@ def describe(cls: type, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
         tp = hints[f.name]
+        if f.metadata.get("choices") is not None:  # one block of options per type
+            lines.append(f"{name}: {f.metadata.get('doc', '')}; {name}.type: {' | '.join(f.metadata['choices']())}")
+            for choice in f.metadata["choices"]():
+                lines.append(f"  [{name}.type={choice}]")
+                lines.extend(f"    {line}" for line in describe(f.metadata["polymorphic"](choice), f"{name}.")
+                             if not line.startswith(f"{name}.type "))
+            continue
         if dataclasses.is_dataclass(tp):
             lines.append(f"{name}: {f.metadata.get('doc', '')}")
             lines.extend(describe(tp, name + "."))

@@ -11,7 +11,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-
 # Rank 0 works alone while the others wait in a collective: collecting demonstrations, validation
 # rollouts. The default (10 min for NCCL) would kill a run during a long collection.
 COLLECTIVE_TIMEOUT = timedelta(hours=6)

@@ -55,6 +55,16 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see {self.prog} --help)")
 
+    def add_config_arguments(self, required: bool = True, several: bool = False, config_help: str = "YAML config "
+                             "(see configs/)", set_help: str = "dotted overrides, e.g. train.lr=3e-4 (may be repeated)"
+                             ) -> None:
+        """``--config FILE`` (repeatable with ``several``) and ``--set KEY=VALUE ...`` (repeatable)."""
+        if several:
+            self.add_argument("--config", action="append", required=required, help=config_help + " (repeatable)")
+        else:
+            self.add_argument("--config", required=required, help=config_help)
+        self.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=set_help)
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""

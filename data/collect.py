@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.errors import ArgumentParser, UserError, run_main
+from core.configuration import apply_overrides, from_dict, load_yaml
+from core.errors import ArgumentParser, UserError, positive_int, run_main
 from core.keys import OBS_IMAGE, OBS_STATE
 from core.lock import DirectoryLock
+from data.config import DataConfig
 from data.episode_store import EpisodeStore, EpisodeWriter
+from data.provider import PROVIDERS, DatasetProvider
+from envs import episode_seed, features_for, make_env
 from envs.config import EnvConfig
-from envs.make import episode_seed, make_env
-from envs.specs import features_for
+from envs.metaworld import MetaWorld
 
-METAWORLD_FPS = 80
 MAX_TRIES_PER_EPISODE = 3  # the experts succeed on 95-100% of layouts; more failures mean something is wrong
 
 
@@ -33,7 +35,7 @@ def collect_metaworld(env_config: EnvConfig, episodes_per_task: int, root: Path,
 
 
 def _collect(env_config: EnvConfig, episodes_per_task: int, root: Path, progress: bool) -> EpisodeStore:
-    writer = EpisodeWriter(root, features_for(env_config), fps=METAWORLD_FPS, source="Meta-World scripted experts")
+    writer = EpisodeWriter(root, features_for(env_config), fps=MetaWorld.fps, source="Meta-World scripted experts")
     index = writer.episode_index()
     counts = Counter(e["env_task"] for e in index)
     recorded = {(e["env_task"], e["seed"]) for e in index}
@@ -84,19 +86,37 @@ def _expert_episode(env, seed: int) -> dict | None:
     return {"state": np.stack(states), "action": np.stack(actions), "images": np.stack(images) if images else None}
 
 
-def main() -> None:
-    from core.schema import load_config
-    from data.provision import dataset_dir
+@PROVIDERS.register("metaworld")
+class MetaWorldExperts(DatasetProvider):
+    """Scripted-expert episodes on ``train`` layouts, ``data.episodes_per_task`` per task (collected once)."""
 
+    def provide(self, env: EnvConfig, data: DataConfig, root: Path, progress: bool) -> tuple[EpisodeStore, list[int]]:
+        wanted = data.episodes_per_task
+        try:
+            store = EpisodeStore(root)
+            counts = {t: sum(e["env_task"] == t for e in store.episodes) for t in env.tasks}
+            if min(counts.values()) < wanted:
+                raise FileNotFoundError
+        except FileNotFoundError:
+            store = collect_metaworld(env, wanted, root, progress)
+        per_task: dict[str, list[int]] = {}
+        for i, episode in enumerate(store.episodes):
+            per_task.setdefault(episode["env_task"], []).append(i)
+        return store, sorted(i for t in env.tasks for i in per_task[t][:wanted])
+
+
+def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--episodes", type=int, default=None, help="per task (default: data.episodes_per_task)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_config_arguments(set_help="overrides of the env and data sections, e.g. env.cameras=[corner]")
+    parser.add_argument("--episodes", type=positive_int, default=None, help="per task (default: data.episodes_per_task)")
     args = parser.parse_args()
-    config = load_config(args.config, args.set)
-    if config.env.name != "metaworld":
+    # Only the env and data sections matter here; train.py validates the whole config.
+    raw = apply_overrides(load_yaml(args.config), args.set)
+    env = from_dict(EnvConfig, raw.get("env", {}), "env")
+    data = from_dict(DataConfig, raw.get("data", {}), "data")
+    if env.name != MetaWorld.name:
         raise UserError("data.collect records Meta-World experts; PushT uses human data: python -m data.pusht_import")
-    store = collect_metaworld(config.env, args.episodes or config.data.episodes_per_task, dataset_dir(config))
+    store = collect_metaworld(env, args.episodes or data.episodes_per_task, data.dataset_dir(env))
     print(f"{store.root}: {store.num_episodes} episodes, {store.num_frames} frames")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.files import atomic_write
 from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
 from data.episode_store import EpisodeStore
 
@@ -77,7 +78,5 @@ def compute_stats(store: EpisodeStore, relative_actions: bool, chunk_size: int) 
         return {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0)}
 
     stats = {OBS_STATE: describe(state), ACTION: describe(action)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({k: {s: v.tolist() for s, v in d.items()} for k, d in stats.items()}))
-    tmp.replace(path)
+    atomic_write(path, json.dumps({k: {s: v.tolist() for s, v in d.items()} for k, d in stats.items()}))
     return stats

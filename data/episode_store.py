@@ -11,28 +11,18 @@ complete file, and ``EpisodeWriter`` resumes from them. ``finalize`` rebuilds ``
 temporary directory and renames it into place, so readers never see half-written arrays.
 """
 
+import io
 import json
-import os
 import shutil
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from core.files import atomic_write, swap_directory
 from envs.features import Features
 
 FORMAT_VERSION = 1
-
-
-def _features_from_json(data: dict) -> Features:
-    return Features(data["state_dim"], data["action_dim"], tuple(data["cameras"]), tuple(data["image_size"]))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class EpisodeWriter:
@@ -50,14 +40,14 @@ class EpisodeWriter:
         self.features = features
         (self.root / "episodes").mkdir(parents=True, exist_ok=True)
         meta_path = self.root / "meta.json"
-        meta = {"format": FORMAT_VERSION, "features": asdict(features), "fps": fps, "source": source}
+        meta = {"format": FORMAT_VERSION, "features": features.to_json(), "fps": fps, "source": source}
         if meta_path.exists():
             existing = json.loads(meta_path.read_text())
-            if _features_from_json(existing["features"]) != features:
-                raise ValueError(f"{self.root} holds data with features {existing['features']}, not {asdict(features)}; "
+            if Features.from_json(existing["features"]) != features:
+                raise ValueError(f"{self.root} holds data with features {existing['features']}, not {features.to_json()}; "
                                  "use another directory for a different camera set or state variant")
         else:
-            _atomic_write_text(meta_path, json.dumps(meta, indent=2))
+            atomic_write(meta_path, json.dumps(meta, indent=2))
         # A crash mid-write leaves only these. Writers hold the dataset's lock (data.collect,
         # data.pusht_import), so nobody else is writing them.
         for stale in (self.root / "episodes").glob(".*.tmp*"):
@@ -109,10 +99,9 @@ class EpisodeWriter:
                 raise ValueError(f"images must be uint8 {expected}; got {got}")
             arrays["images"] = images
         path = self.root / "episodes" / f"{self.num_episodes:06d}.npz"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp", suffix=".npz", dir=path.parent)
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, **arrays)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write(path, buffer.getvalue())
 
     def finalize(self) -> "EpisodeStore":
         """Concatenate the episodes into memory-mappable arrays (atomically) and open them."""
@@ -144,13 +133,7 @@ class EpisodeWriter:
         del outputs
         np.save(tmp / "episode_ends.npy", np.cumsum(lengths).astype(np.int64))
         (tmp / "episodes.json").write_text(json.dumps(episodes))
-        final = self.root / "frames"
-        if final.exists():
-            old = self.root / ".frames.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(tmp, final)
+        swap_directory(tmp, self.root / "frames")
         return EpisodeStore(self.root)
 
 
@@ -164,7 +147,7 @@ class EpisodeStore:
             raise FileNotFoundError(f"{self.root} is not a finalized EasyVLA dataset (no frames/episode_ends.npy); "
                                     "collect or import data first")
         meta = json.loads((self.root / "meta.json").read_text())
-        self.features = _features_from_json(meta["features"])
+        self.features = Features.from_json(meta["features"])
         self.fps = int(meta["fps"])
         self.source = meta.get("source", "")
         self.episode_ends = np.load(frames / "episode_ends.npy")

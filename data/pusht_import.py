@@ -10,7 +10,6 @@ variant (``envs.pusht``: agent xy, plus the keypoints for "keypoints"), the acti
 as uint8 (1, 3, 96, 96). Episodes are written one at a time, so an interrupted import resumes.
 """
 
-import argparse
 import hashlib
 import os
 import shutil
@@ -23,14 +22,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.errors import ArgumentParser, run_main
-from core.errors import DamagedFileError, MissingResourceError
+from core.configuration import ConfigError
+from core.errors import ArgumentParser, DamagedFileError, MissingResourceError, run_main
 from core.lock import DirectoryLock
 from core.network import host_reachable
+from data.config import DataConfig
 from data.episode_store import EpisodeStore, EpisodeWriter
+from data.provider import PROVIDERS, DatasetProvider
+from envs import features_for
 from envs.config import EnvConfig
-from envs.pusht import CAMERAS, DEFAULT_INSTRUCTION, NATIVE_IMAGE_SIZE, STATE_VARIANTS, TASK_NAME
-from envs.specs import features_for
+from envs.pusht import CAMERAS, DEFAULT_INSTRUCTION, NATIVE_IMAGE_SIZE, STATE_VARIANTS, TASK_NAME, PushT
 
 ZARR_NAME = "pusht_cchi_v7_replay.zarr"
 ZIP_NAME = "pusht.zip"
@@ -39,7 +40,6 @@ PUSHT_ZIP_URL = "https://diffusion-policy.cs.columbia.edu/data/training/pusht.zi
 # file, so the digest could not be computed here. While it is None, a download is not verified: its
 # digest is printed so that it can be recorded here; once set, a download that differs is rejected.
 PUSHT_ZIP_SHA256: str | None = None
-FPS = 10
 DEFAULT_CACHE_DIR = Path("~/.cache/easyvla").expanduser()
 
 _ARRAYS = {"data/state": (5,), "data/action": (2,), "data/keypoint": (9, 2), "data/img": (96, 96, 3)}
@@ -101,7 +101,7 @@ def _import(zarr_path: str | Path, out_root: Path, state: str, with_images: bool
     n_episodes = len(ends) if max_episodes is None else min(max_episodes, len(ends))
     features = features_for(EnvConfig(name="pusht", tasks=[TASK_NAME], cameras=list(CAMERAS) if with_images else [],
                                       image_size=NATIVE_IMAGE_SIZE, state=state))
-    writer = EpisodeWriter(out_root, features, fps=FPS, source=f"Diffusion Policy PushT demonstrations ({ZARR_NAME})")
+    writer = EpisodeWriter(out_root, features, fps=PushT.fps, source=f"Diffusion Policy PushT demonstrations ({ZARR_NAME})")
     done = writer.episode_index()
     if len(done) > len(ends):
         raise ValueError(f"{out_root} already holds {len(done)} episodes but {zarr_path} has only {len(ends)}; "
@@ -238,6 +238,21 @@ def find_pusht_data(configured_path: str | Path | None, cache_dir: str | Path = 
     cache_dir.mkdir(parents=True, exist_ok=True)
     _download(url, zip_path, expected_sha256)
     return _extract(zip_path, cache_dir)
+
+
+@PROVIDERS.register("pusht")
+class PushTDemonstrations(DatasetProvider):
+    """The 206 human demonstrations, imported once from ``data.path``, the cache, or a download."""
+
+    def provide(self, env: EnvConfig, data: DataConfig, root: Path, progress: bool) -> tuple[EpisodeStore, list[int]]:
+        if env.cameras and tuple(env.image_size) != NATIVE_IMAGE_SIZE:
+            raise ConfigError("env.image_size: the PushT demonstrations are 96x96 images; set env.image_size=[96,96]")
+        try:
+            store = EpisodeStore(root)
+        except FileNotFoundError:
+            zarr_path = find_pusht_data(data.path or None, Path(data.root).expanduser() / "downloads")
+            store = import_pusht_zarr(zarr_path, root, state=env.state, with_images=bool(env.cameras), progress=progress)
+        return store, list(range(store.num_episodes))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,8 +3,8 @@
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 from typing import Literal
+from urllib.parse import urlparse
 
 import torch
 from torch import nn

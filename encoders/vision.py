@@ -7,8 +7,8 @@ normalization happens here, so callers never have to remember it.
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 from typing import Literal
+from urllib.parse import urlparse
 
 import torch
 import torchvision

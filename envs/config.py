@@ -7,7 +7,7 @@ from core.configuration import ConfigError, doc_field
 
 @dataclass
 class EnvConfig:
-    name: str = doc_field("metaworld", "benchmark: metaworld | pusht")
+    name: str = doc_field("metaworld", "benchmark: a key of envs.BENCHMARKS, one file in envs/ each (metaworld, pusht)")
     tasks: list[str] = doc_field(default_factory=lambda: ["reach-v3"], doc="task names (Meta-World); one model for all")
     cameras: list[str] = doc_field(default_factory=lambda: ["corner"], doc="camera names; empty for state-only")
     image_size: tuple[int, int] = doc_field((96, 96), "(H, W) of rendered images")
@@ -23,6 +23,6 @@ class EnvConfig:
             raise ConfigError(f"env.max_episode_steps must be >= 1, got {self.max_episode_steps}")
         if self.cameras and max(self.image_size) > 1024:
             raise ConfigError(f"env.image_size {self.image_size} is larger than 1024 pixels a side")
-        from envs.specs import check_env_config  # specs reads this module: import at call time
+        from envs import check_env_config  # the benchmarks' registry reads this module: import at call time
 
         check_env_config(self)

@@ -1,6 +1,6 @@
 """What a policy's inputs and outputs look like; comes from the env or dataset, never typed twice."""
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -22,3 +22,11 @@ class Features:
     @property
     def has_images(self) -> bool:
         return len(self.cameras) > 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Features":
+        """The inverse of ``to_json`` (JSON turns tuples into lists)."""
+        return cls(int(data["state_dim"]), int(data["action_dim"]), tuple(data["cameras"]), tuple(data["image_size"]))

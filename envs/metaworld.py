@@ -2,50 +2,14 @@
 
     from envs.metaworld import MetaWorldEnv, layout_seed
     env = MetaWorldEnv("reach-v3", cameras=("corner", "topview"), image_size=(96, 96))
-    obs, info = env.reset(seed=layout_seed("eval", 0))
+    obs, info = env.reset(seed=layout_seed("eval", 0))   # the layout is a pure function of the seed
     obs["observation.image"]   # uint8 (2, 3, 96, 96), channels first, upright
-    obs["observation.state"]   # float32 (4,): hand xyz + gripper opening
+    obs["observation.state"]   # float32 (4,): hand xyz + gripper opening ("proprio"; "full": all 39)
     obs, reward, terminated, truncated, info = env.step(env.expert_action())
 
-**Layouts and seeds.** A layout is the object and goal positions of one episode. Meta-World draws
-them at reset as one random vector (``rand_vec``) uniform in the task's ``_random_reset_space``.
-The library's benchmark classes freeze that vector (MT1 keeps 50 pre-drawn layouts); this wrapper
-instead uses Meta-World's own ``seeded_rand_vec`` switch, which draws the vector from the env's
-``np_random`` generator, and reseeds that generator on ``reset(seed=s)``. So the layout is a pure
-function of ``s``: the same seed gives the same layout and the same first observation, and any
-number of fresh layouts is available. ``reset()`` without a seed continues the generator's stream.
-:func:`layout_seed` gives each split its own seed range, ``train`` = ``index``, ``val`` =
-``1_000_000 + index``, ``eval`` = ``2_000_000 + index`` (``index`` in ``[0, 1_000_000)``), so no
-seed is shared between demonstrations, checkpoint selection and reported numbers. Different seeds
-are independent PCG64 streams and the layout is continuous, so two seeds give the same layout
-with probability zero (the tests check that 20 layouts per split never coincide). Disjoint does
-not mean far apart: evaluation layouts are new draws from the same distribution as the training
-ones, which is the usual in-distribution generalization test.
-
-**Cameras.** Any of Meta-World's seven cameras: ``corner``, ``corner2``, ``corner3``, ``corner4``,
-``topview``, ``behindGripper``, ``gripperPOV``. The four corner cameras are defined with their
-image "up" axis pointing down in the world, so MuJoCo renders them upside down; they are rotated
-by 180 degrees (a vertical flip alone would mirror them). ``topview`` and ``gripperPOV`` look
-down with the far side of the table at the top of the image and ``+x`` to the right, like a map;
-``behindGripper`` is upright as rendered. Images are uint8, channels first ``(3, H, W)``.
-Rendering is headless (EGL when there is no display) with one reused renderer, and with
-anti-aliasing, shadows and reflections switched off, which is several times faster at these
-image sizes and changes nothing a policy needs.
-
-**Goal marker.** The goal (the position the task's success test measures against, obs[36:39])
-is drawn in every image as a magenta sphere of radius 3 cm, so a policy can find it by vision;
-no object in any task has that colour. Meta-World's own goal sites are small and often red (the
-colour of the robot arm) or green (the colour of some objects). The instructions name the marker
-where it shows where something must go.
-
-**State.** ``proprio`` (default): hand xyz and gripper opening, the first 4 numbers of Meta-World's
-39-d observation. ``full``: all 39 numbers, which include object and goal positions, so a policy
-can succeed without looking; use it only as a named ablation.
-
-**Episodes.** ``step`` clips actions to ``[-1, 1]``; ``info["success"]`` is Meta-World's success
-flag as a bool; success terminates the episode; ``max_episode_steps`` truncates it (any cap,
-also above Meta-World's own 500: the underlying env's path-length limit is set to the cap).
-``expert_action()`` is Meta-World's scripted expert for the task on the current observation.
+Success terminates an episode, ``max_episode_steps`` truncates it, actions are clipped to [-1, 1].
+The goal is drawn as a magenta sphere in every image. Why and how (seeded layouts and their
+disjoint splits, camera orientations, the marker, rendering): docs/metaworld.md.
 """
 
 from __future__ import annotations
@@ -63,6 +27,8 @@ import gymnasium as gym
 import numpy as np
 
 from core.keys import OBS_IMAGE, OBS_STATE
+from envs.base import BENCHMARKS, Benchmark
+from envs.config import EnvConfig
 from envs.features import Features
 
 __all__ = ["CAMERAS", "INSTRUCTIONS", "MetaWorldEnv", "layout_seed"]
@@ -385,3 +351,24 @@ def _add_marker(scene, position: np.ndarray) -> None:
                         np.array(GOAL_MARKER_RGBA, dtype=np.float32))
     geom.emission = _GOAL_MARKER_EMISSION
     scene.ngeom += 1
+
+
+@BENCHMARKS.register("metaworld")
+class MetaWorld(Benchmark):
+    """Meta-World v3 manipulation tasks, scripted-expert demonstrations, success rate on fresh layouts."""
+
+    name = "metaworld"
+    fps = 80  # MuJoCo steps at 80 Hz under Meta-World's frame skip
+    tasks = tuple(INSTRUCTIONS)
+    cameras = tuple(CAMERAS)
+    state_sizes = {"proprio": (_PROPRIO_DIM, 4), "full": (_FULL_DIM, 4)}  # action: hand delta xyz + gripper
+    headline = "success_rate"
+    headline_name = "success"
+    train_command = "python train.py --config configs/metaworld_reach.yaml"
+
+    def make(self, config: EnvConfig, task: str) -> MetaWorldEnv:
+        return MetaWorldEnv(task, tuple(config.cameras), tuple(config.image_size), config.state,
+                            config.max_episode_steps)
+
+    def episode_seed(self, split: str, index: int) -> int:
+        return layout_seed(split, index)

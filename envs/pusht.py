@@ -26,11 +26,10 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 
-import gym_pusht  # noqa: E402,F401  (registers gym_pusht/PushT-v0)
 from core.keys import OBS_IMAGE, OBS_STATE  # noqa: E402
+from envs.base import BENCHMARKS, Benchmark  # noqa: E402
 from envs.config import EnvConfig  # noqa: E402
 from envs.features import Features  # noqa: E402
-from envs.specs import features_for  # noqa: E402
 
 DEFAULT_INSTRUCTION = "push the T-shaped block onto the target"
 TASK_NAME = "pusht"
@@ -58,6 +57,7 @@ BLOCK_KEYPOINTS_LOCAL = np.array([
 ])
 
 STATE_VARIANTS = ("agent_pos", "keypoints")
+SPLIT_OFFSETS = {"eval": 1000, "val": 100_000, "train": 200_000}  # eval: seeds 1000.. as in BENCHMARKS.md
 
 
 def block_keypoints(block_pose: np.ndarray) -> np.ndarray:
@@ -127,8 +127,9 @@ class PushTEnv(gym.Env):
         self.instruction = instruction
         self.task = TASK_NAME
         self.render_mode = "rgb_array"
-        sizes = features_for(EnvConfig(name="pusht", tasks=[TASK_NAME], cameras=[], state=state))
-        self.features = Features(sizes.state_dim, sizes.action_dim, cameras, self.image_size)
+        self.features = Features(*PushT.state_sizes[state], cameras, self.image_size)
+        import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0; imported here, it pulls in pygame)
+
         # "state" observations do not render; "pixels_agent_pos" renders the 96x96 image each step.
         self._env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos" if cameras else "state",
                              observation_height=height, observation_width=width, visualization_width=render_size,
@@ -222,3 +223,26 @@ class PushTEnv(gym.Env):
 
     def close(self) -> None:
         self._env.close()
+
+
+@BENCHMARKS.register("pusht")
+class PushT(Benchmark):
+    """PushT from human demonstrations; the headline is the Diffusion Policy score (mean best reward)."""
+
+    name = "pusht"
+    fps = 10
+    tasks = (TASK_NAME,)
+    cameras = CAMERAS
+    state_sizes = {"agent_pos": (2, 2), "keypoints": (20, 2)}  # action: target xy in [0, 512]
+    headline = "mean_max_reward"
+    headline_name = "score"
+    train_command = "python train.py --config configs/pusht.yaml"
+
+    def make(self, config: EnvConfig, task: str) -> "PushTEnv":
+        return PushTEnv(config.state, tuple(config.cameras), tuple(config.image_size), config.max_episode_steps)
+
+    def episode_seed(self, split: str, index: int) -> int:
+        return SPLIT_OFFSETS[split] + index
+
+    def episode_metrics(self, infos: list[dict]) -> dict:
+        return episode_metrics(infos)

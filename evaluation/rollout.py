@@ -11,8 +11,8 @@ import torch
 from tqdm import tqdm
 
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
+from envs import benchmark, make_env
 from envs.config import EnvConfig
-from envs.make import make_env
 from policy.vla_policy import VLAPolicy
 
 
@@ -31,12 +31,14 @@ def run_episodes(policy: VLAPolicy, env_config: EnvConfig, task: str, seeds: lis
     """Roll out ``policy`` once per seed.
 
     Returns:
-        one dict per episode (seed, success, steps; for PushT also max/final coverage and max reward),
-        and a (T, H, W, 3) uint8 video for each of the first ``video_episodes`` episodes.
+        one dict per episode (seed, then the benchmark's ``episode_metrics``: success, steps and, for
+        PushT, max/final coverage and max reward), and a (T, H, W, 3) uint8 video for each of the
+        first ``video_episodes`` episodes.
     """
     policy.eval()
     device = next(policy.parameters()).device
-    policy.generator = torch.Generator(device=device).manual_seed(sample_seed)
+    generator = torch.Generator(device=device).manual_seed(sample_seed)
+    spec = benchmark(env_config.name)
     envs = [make_env(env_config, task) for _ in range(min(n_envs, len(seeds)))]
     results, videos = [], []
     bar = tqdm(total=len(seeds), desc=f"eval {task}", disable=not progress, leave=False)
@@ -49,31 +51,20 @@ def run_episodes(policy: VLAPolicy, env_config: EnvConfig, task: str, seeds: lis
             frames = [[env.render()] if rec else [] for env, rec in zip(active_envs, record)]
             done = [False] * len(group)
             info_log: list[list[dict]] = [[] for _ in group]
-            rewards: list[list[float]] = [[] for _ in group]
-            steps = [0] * len(group)
             policy.reset()
             while not all(done):
-                actions = policy.select_action(_to_batch(observations, active_envs[0].instruction, device))
+                actions = policy.select_action(_to_batch(observations, active_envs[0].instruction, device), generator)
                 actions = actions.float().cpu().numpy()
                 for i, env in enumerate(active_envs):
                     if done[i]:
                         continue  # finished envs idle; the batch keeps its shape so queues stay aligned
-                    observations[i], reward, terminated, truncated, info = env.step(actions[i])
+                    observations[i], _, terminated, truncated, info = env.step(actions[i])
                     info_log[i].append(info)
-                    rewards[i].append(float(reward))
-                    steps[i] += 1
                     done[i] = terminated or truncated
                     if record[i]:
                         frames[i].append(env.render())
             for i, seed in enumerate(group):
-                infos = info_log[i]
-                episode = {"seed": seed, "success": any(bool(x.get("success", False)) for x in infos),
-                           "steps": steps[i]}
-                if "coverage" in infos[-1]:  # PushT; its reward is min(coverage / 0.95, 1)
-                    episode["max_coverage"] = float(max(x["coverage"] for x in infos))
-                    episode["final_coverage"] = float(infos[-1]["coverage"])
-                    episode["max_reward"] = max(rewards[i])  # Diffusion Policy's "score", LeRobot's avg max reward
-                results.append(episode)
+                results.append({"seed": seed, **spec.episode_metrics(info_log[i])})
                 if record[i]:
                     videos.append(np.stack(frames[i]))
             bar.update(len(group))

@@ -4,38 +4,37 @@ from pathlib import Path
 
 import numpy as np
 
-from core.schema import Config
-from envs.make import episode_seed
+from envs import EnvConfig, benchmark, episode_seed
 from evaluation.metrics import summarize, wilson_interval
 from evaluation.rollout import run_episodes, save_video
 from policy.vla_policy import VLAPolicy
 
-ENV_FPS = {"metaworld": 80, "pusht": 10}
 
-
-def evaluate_policy(policy: VLAPolicy, config: Config, split: str = "eval", episodes: int | None = None,
-                    first_seed: int | None = None, n_envs: int | None = None, videos: int = 0,
+def evaluate_policy(policy: VLAPolicy, env: EnvConfig, split: str = "eval", episodes: int = 50,
+                    first_seed: int | None = None, n_envs: int = 5, sample_seed: int = 0, videos: int = 0,
                     video_dir: Path | None = None, progress: bool = True) -> dict:
-    """Roll out on ``split`` layouts (train | val | eval; disjoint seeds) for each task of the config.
+    """Roll out on ``split`` layouts (train | val | eval; disjoint seeds) for each task of ``env``.
+
+    ``first_seed`` replaces the split's seeds with ``first_seed, first_seed + 1, ...``; ``sample_seed``
+    seeds the heads' sampling noise.
 
     Returns:
         {"split", "tasks": {task: summary}, "overall": summary pooled over tasks}, where a summary has
         success_rate, ci95_low/high, mean_steps_to_success (and coverage for PushT), plus the episodes.
     """
-    episodes = episodes or config.eval.episodes
     tasks, pooled = {}, []
     video_frames: list[np.ndarray] = []
-    for task in config.env.tasks:
-        seeds = [first_seed + i if first_seed is not None else episode_seed(config.env, split, i)
+    for task in env.tasks:
+        seeds = [first_seed + i if first_seed is not None else episode_seed(env, split, i)
                  for i in range(episodes)]
-        results, task_videos = run_episodes(policy, config.env, task, seeds, n_envs or config.eval.n_envs,
-                                            video_episodes=videos, sample_seed=config.seed, progress=progress)
+        results, task_videos = run_episodes(policy, env, task, seeds, n_envs, video_episodes=videos,
+                                            sample_seed=sample_seed, progress=progress)
         tasks[task] = {**summarize(results), "episodes_detail": results}
         pooled += results
         if video_dir is not None:
             for i, frames in enumerate(task_videos):
                 tasks[task].setdefault("videos", []).append(
-                    str(save_video(frames, video_dir / f"{task}_{i:02d}", ENV_FPS.get(config.env.name, 10))))
+                    str(save_video(frames, video_dir / f"{task}_{i:02d}", benchmark(env.name).fps)))
         video_frames += task_videos
     overall = summarize(pooled)
     overall["mean_task_success"] = float(np.mean([t["success_rate"] for t in tasks.values()]))

@@ -3,14 +3,15 @@
     run/checkpoint/
         model.safetensors   trained weights + normalizer statistics (the frozen language model is
                             not part of the policy's state: it reloads from text.model_name)
-        config.json         the resolved experiment config, the features (shapes) and the SHA-256 of
-                            model.safetensors (checked on load: a damaged file says so)
+        config.json         the resolved experiment config (the policy reads its model sections), the
+                            features (shapes) and the SHA-256 of model.safetensors (checked on load:
+                            a damaged file says so)
         stats.json          normalizer statistics, for people to read
 
-Replacing a checkpoint renames the old directory aside (``.NAME.old``), then the new one into
-place; a crash between the two renames leaves no ``NAME`` but a complete ``.NAME.old``. Loads read
-it from there (without writing anything), and the next save or resume, which hold the run's lock,
-rename it back. Weights with NaN or inf are never written.
+Replacing a checkpoint swaps directories (``core.files.swap_directory``); a crash between its two
+renames leaves no ``NAME`` but a complete ``.NAME.old``. Loads read it from there (without writing
+anything), and the next save or resume, which hold the run's lock, rename it back. Weights with NaN
+or inf are never written.
 """
 
 import hashlib
@@ -18,7 +19,6 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -27,8 +27,9 @@ from safetensors.torch import save as save_safetensors
 
 from core.configuration import ConfigError, from_dict, to_dict
 from core.errors import DamagedFileError, MissingResourceError, UserError
-from core.schema import Config
+from core.files import old_path, swap_directory
 from envs.features import Features
+from policy.config import MODEL_SECTIONS, ModelConfig
 from policy.vla_policy import VLAPolicy
 
 WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "stats.json"
@@ -38,15 +39,11 @@ class NonFiniteWeightsError(UserError):
     """Weights that hold NaN or inf: a diverged training run, never saved and never evaluated."""
 
 
-def _old(directory: Path) -> Path:
-    return directory.with_name(f".{directory.name}.old")
-
-
 def readable(directory: str | Path) -> Path:
     """Where to read ``directory`` from: itself, or its complete ``.NAME.old`` if a crash left only that."""
     directory = Path(directory)
-    if not directory.exists() and (_old(directory) / CONFIG).is_file():
-        return _old(directory)
+    if not directory.exists() and (old_path(directory) / CONFIG).is_file():
+        return old_path(directory)
     return directory
 
 
@@ -57,7 +54,7 @@ def recover(directory: str | Path) -> Path:
     """
     directory = Path(directory)
     if readable(directory) != directory:
-        os.replace(_old(directory), directory)
+        os.replace(old_path(directory), directory)
     return directory
 
 
@@ -67,9 +64,9 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     Only call this while holding the run's lock (no other process can be saving).
     """
     directory = recover(directory)
-    stale = [p for p in directory.parent.glob(f".{directory.name}.*") if p.is_dir() and p != _old(directory)]
+    stale = [p for p in directory.parent.glob(f".{directory.name}.*") if p.is_dir() and p != old_path(directory)]
     if directory.exists():
-        stale += [_old(directory)] if _old(directory).exists() else []
+        stale += [old_path(directory)] if old_path(directory).exists() else []
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
@@ -84,8 +81,12 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def save_policy(policy: VLAPolicy, directory: str | Path, extra: dict[str, dict] | None = None) -> Path:
+def save_policy(policy: VLAPolicy, directory: str | Path, run_config: dict | None = None,
+                extra: dict[str, dict] | None = None) -> Path:
     """Write atomically: a crash mid-save leaves the previous checkpoint intact.
+
+    ``run_config`` is the experiment config the policy was trained with (plain data, it holds the
+    model's sections too); without it, only the model's sections are recorded.
 
     ``extra`` maps file names to dicts of tensors and plain values (e.g. optimizer state for
     resuming), saved with torch.save and meant to be read back with ``weights_only=True``.
@@ -97,50 +98,44 @@ def save_policy(policy: VLAPolicy, directory: str | Path, extra: dict[str, dict]
     if bad:
         raise NonFiniteWeightsError(f"refusing to save {directory}: {len(bad)} tensors hold NaN or inf "
                                     f"(e.g. {bad[0]}); training diverged")
+    config = run_config if run_config is not None else to_dict(policy.config)
+    if any(config.get(name) != section for name, section in to_dict(policy.config).items()):
+        raise ValueError("run_config's model sections differ from the policy's own config")
     recover(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     weights = save_safetensors(state)  # serialized once: written and hashed from the same bytes
     (tmp / WEIGHTS).write_bytes(weights)
-    meta = {"config": to_dict(policy.config), "features": asdict(policy.features),
+    meta = {"config": config, "features": policy.features.to_json(),
             "weights_sha256": _sha256(weights)}
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
     (tmp / STATS).write_text(json.dumps(policy.normalizer.to_json(), indent=2))
     for name, content in (extra or {}).items():
         torch.save(content, tmp / name)
-    if directory.exists():  # swap in the new directory, then drop the old one (see the module doc)
-        old = _old(directory)
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
-    return directory
+    return swap_directory(tmp, directory)
 
 
-def _read_meta(directory: str | Path) -> dict:
+def read_meta(directory: str | Path) -> dict:
+    """A checkpoint's config.json: ``{"config": experiment config, "features": shapes, "weights_sha256"}``."""
     path = readable(directory) / CONFIG
     if not path.is_file():
         raise MissingResourceError(f"{directory} is not an EasyVLA checkpoint (no {CONFIG})")
     try:
         meta = json.loads(path.read_text())
-        meta["features"]["state_dim"], meta["config"]["env"]  # noqa: B018 (the keys every checkpoint has)
+        meta["features"]["state_dim"], meta["config"]["policy"]  # noqa: B018 (the keys every checkpoint has)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise DamagedFileError(f"{path} is damaged (not the JSON a checkpoint writes); use another checkpoint, "
                                "e.g. checkpoints/best or checkpoints/latest") from None
     return meta
 
 
-def load_config_and_features(directory: str | Path) -> tuple[Config, Features]:
-    meta = _read_meta(directory)
-    features = meta["features"]
-    features = Features(features["state_dim"], features["action_dim"], tuple(features["cameras"]),
-                        tuple(features["image_size"]))
+def load_model_config_and_features(directory: str | Path) -> tuple[ModelConfig, Features]:
+    """The model sections and shapes a checkpoint's policy is rebuilt from."""
+    meta = read_meta(directory)
+    sections = {name: meta["config"][name] for name in MODEL_SECTIONS if name in meta["config"]}
     try:
-        config = from_dict(Config, meta["config"])
+        return from_dict(ModelConfig, sections), Features.from_json(meta["features"])
     except ConfigError as error:
         raise DamagedFileError(f"{Path(directory) / CONFIG} holds a config this version cannot load ({error})") from None
-    return config, features
 
 
 def load_weights(policy: VLAPolicy, directory: str | Path) -> None:
@@ -153,7 +148,7 @@ def load_weights(policy: VLAPolicy, directory: str | Path) -> None:
     if not path.is_file():
         raise MissingResourceError(f"checkpoint {directory} has no {WEIGHTS}")
     data = path.read_bytes()  # read once: hashed, then parsed
-    expected = _read_meta(directory).get("weights_sha256")  # absent in checkpoints from before it was recorded
+    expected = read_meta(directory).get("weights_sha256")  # absent in checkpoints from before it was recorded
     if expected is not None and _sha256(data) != expected:
         raise DamagedFileError(f"{path} is damaged (its SHA-256 differs from the one saved in {CONFIG}); "
                                "use another checkpoint, e.g. checkpoints/best or checkpoints/latest")
@@ -173,7 +168,7 @@ def load_weights(policy: VLAPolicy, directory: str | Path) -> None:
 
 def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
     """Rebuild the policy from config.json and load its safetensors weights (strictly)."""
-    config, features = load_config_and_features(directory)
+    config, features = load_model_config_and_features(directory)
     policy = VLAPolicy(config, features)
     load_weights(policy, directory)
     return policy.to(device).eval()

@@ -1,9 +1,15 @@
-"""The ``policy`` config section: how chunks are predicted, executed and normalized."""
+"""The ``policy`` config section (how chunks are predicted, executed and normalized), and ``ModelConfig``:
+the sections a policy is built from."""
 
 from dataclasses import dataclass
 from typing import Literal
 
+from action_head import HEADS, head_config_class
+from action_head.base import HeadConfig
+from action_head.diffusion import DiffusionHeadConfig
 from core.configuration import ConfigError, doc_field
+from encoders import StateConfig, TextConfig, VisionConfig
+from fusion import FusionConfig
 
 
 @dataclass
@@ -33,3 +39,19 @@ class PolicyConfig:
             raise ConfigError("policy.state_dropout must be in [0, 1)")
         if not 1 <= self.ensemble_k <= self.chunk_size:
             raise ConfigError(f"policy.ensemble_k={self.ensemble_k} must be in [1, chunk_size={self.chunk_size}]")
+
+
+@dataclass
+class ModelConfig:
+    """What ``VLAPolicy`` is built from: the model's sections of the experiment config."""
+
+    policy: PolicyConfig = doc_field(default_factory=PolicyConfig, doc="chunking, normalization, ensembling")
+    vision: VisionConfig = doc_field(default_factory=VisionConfig, doc="ResNet18 image tokens")
+    text: TextConfig = doc_field(default_factory=TextConfig, doc="frozen language encoder")
+    state: StateConfig = doc_field(default_factory=StateConfig, doc="robot-state MLP")
+    fusion: FusionConfig = doc_field(default_factory=FusionConfig, doc="scene self-attention + state cross-attention")
+    action_head: HeadConfig = doc_field(default_factory=DiffusionHeadConfig, doc="the action head, by type",
+                                        polymorphic=head_config_class, choices=HEADS.names)
+
+
+MODEL_SECTIONS = ("policy", "vision", "text", "state", "fusion", "action_head")

@@ -15,22 +15,22 @@ from torch import nn
 
 from action_head import build_head
 from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
-from core.schema import Config
 from encoders import StateEncoder, TextEncoder, VisionEncoder
 from envs.features import Features
 from fusion import Context, FusionTransformer
 from policy.action_queue import ActionQueue, TemporalEnsembler
+from policy.config import ModelConfig
 from policy.normalizer import Normalizer
 
 
 class VLAPolicy(nn.Module):
     """
     Args:
-        config: the full experiment config (model sections are read; the rest travels with checkpoints).
+        config: the model's sections of the experiment config (``Config.model``).
         features: observation and action shapes, from the env or dataset.
     """
 
-    def __init__(self, config: Config, features: Features):
+    def __init__(self, config: ModelConfig, features: Features):
         super().__init__()
         self.config = config
         self.features = features
@@ -49,7 +49,6 @@ class VLAPolicy(nn.Module):
         self.head = build_head(config.action_head, d, config.fusion.n_queries, pc.chunk_size, features.action_dim)
         self.normalizer = Normalizer({OBS_STATE: features.state_dim, ACTION: features.action_dim},
                                      {OBS_STATE: pc.normalization, ACTION: pc.normalization})
-        self.generator: torch.Generator | None = None  # sampling noise for rollouts; set for reproducibility
         self.reset()
 
     # ---- inference-time state -------------------------------------------------------------
@@ -125,9 +124,12 @@ class VLAPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Observation with a time axis -> (B, chunk_size, A) actions in raw env units."""
+        """Observation with a time axis -> (B, chunk_size, A) actions in raw env units.
+
+        ``generator`` draws the sampling noise of stochastic heads (reproducible rollouts).
+        """
         context = self.encode(obs)
-        chunk = self.head.predict(context, generator if generator is not None else self.generator)
+        chunk = self.head.predict(context, generator)
         return self._actions_out(obs, chunk)
 
     def _stack_history(self, obs: dict) -> dict:
@@ -142,7 +144,7 @@ class VLAPolicy(nn.Module):
         return stacked
 
     @torch.no_grad()
-    def select_action(self, obs: dict) -> torch.Tensor:
+    def select_action(self, obs: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """One control step. ``obs``: state (B, S), images (B, N_cam, 3, H, W), task list -> (B, A) raw.
 
         Without ensembling the model runs once every ``n_action_steps`` calls; with it, every call.
@@ -153,9 +155,9 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"select_action takes one step, {OBS_STATE} (B, S); got {tuple(obs[OBS_STATE].shape)}")
         stacked = self._stack_history(obs)
         if self._ensembler is not None:
-            return self._ensembler.update(self.predict_action_chunk(stacked))
+            return self._ensembler.update(self.predict_action_chunk(stacked, generator))
         if self._queue.empty():
-            self._queue.push(self.predict_action_chunk(stacked))
+            self._queue.push(self.predict_action_chunk(stacked, generator))
         return self._queue.pop()
 
     def parameter_counts(self) -> dict[str, int]:

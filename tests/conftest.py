@@ -13,10 +13,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK  # noqa: E402
-from benchmarks.memory import unit_normalizer_stats  # noqa: E402
-from core.schema import Config, load_config  # noqa: E402
+from data.synthetic import synthetic_batch, unit_normalizer_stats  # noqa: E402
 from envs.features import Features  # noqa: E402
+from experiment.config import Config, load_config  # noqa: E402
 
 _real_connect = socket.socket.connect
 
@@ -83,21 +82,8 @@ SMALL_FEATURES = Features(state_dim=4, action_dim=3, cameras=("corner",), image_
 
 
 def fake_batch(features: Features, config: Config, batch_size: int = 3, seed: int = 0) -> dict:
-    """A training batch with random images/state, a chunk whose last step is padded in sample 0."""
-    g = torch.Generator().manual_seed(seed)
-    t, h = config.policy.n_obs_steps, config.policy.chunk_size
-    batch = {
-        OBS_STATE: torch.randn(batch_size, t, features.state_dim, generator=g),
-        ACTION: torch.rand(batch_size, h, features.action_dim, generator=g) * 2 - 1,
-        ACTION_IS_PAD: torch.zeros(batch_size, h, dtype=torch.bool),
-        TASK: ["reach the goal", "push the block to the target"] * batch_size,
-    }
-    batch[TASK] = batch[TASK][:batch_size]
-    batch[ACTION_IS_PAD][0, -1] = True
-    if features.has_images:
-        shape = (batch_size, t, len(features.cameras), 3, *features.image_size)
-        batch[OBS_IMAGE] = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
-    return batch
+    """A training batch of the config's shapes (see data.synthetic), on the CPU."""
+    return synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, batch_size, seed=seed)
 
 
 # Normalizer statistics that map [-1, 1] (min-max) and N(0, 1) (mean-std) to themselves.

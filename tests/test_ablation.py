@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import UserError
-
 import ablate
-from evaluation.ablation import Cell, expand, parse_grid, summarize_settings
+from core.errors import UserError
+from experiment.ablation import Cell, expand, parse_grid, summarize_settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import small_config
 
 from benchmarks.live_memory import LiveStorageTracker
 from benchmarks.memory import BUDGET_BYTES, measure
-from conftest import small_config
-from core.schema import load_config
+from experiment.config import load_config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
 
@@ -75,7 +75,7 @@ def test_learning_curve_reads_samples_and_training_minutes(tmp_path):
     import yaml
     from torch.utils.tensorboard import SummaryWriter
 
-    from benchmarks.learning_curve import learning_curve, plot_runs, training_minutes
+    from evaluation.learning_curve import learning_curve, plot_runs, training_minutes
 
     run = tmp_path / "run"
     (run / "tb").mkdir(parents=True)

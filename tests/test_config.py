@@ -6,7 +6,7 @@ import pytest
 
 from action_head.regression import RegressionHeadConfig
 from core.configuration import ConfigError, describe
-from core.schema import Config, load_config
+from experiment.config import Config, load_config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import SMALL_FEATURES, fake_batch, small_config, unit_stats
+
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from envs.features import Features
 from policy.checkpoint import load_policy, save_policy
@@ -14,7 +14,7 @@ from policy.vla_policy import VLAPolicy
 
 def make_policy(text_model, head="regression", overrides=None, features=SMALL_FEATURES) -> VLAPolicy:
     torch.manual_seed(0)
-    policy = VLAPolicy(small_config(text_model, head, overrides), features)
+    policy = VLAPolicy(small_config(text_model, head, overrides).model, features)
     policy.normalizer.fit(unit_stats(features))
     return policy
 
@@ -36,7 +36,7 @@ def test_forward_and_predict_shapes(tiny_text_model):
 
 
 def test_missing_statistics_raise(tiny_text_model):
-    policy = VLAPolicy(small_config(tiny_text_model), SMALL_FEATURES)
+    policy = VLAPolicy(small_config(tiny_text_model).model, SMALL_FEATURES)
     with pytest.raises(RuntimeError, match="never fitted"):
         policy(fake_batch(SMALL_FEATURES, policy.config))
 
@@ -111,7 +111,7 @@ def test_relative_actions_add_the_state_back(tiny_text_model):
 def test_relative_actions_need_a_shared_space(tiny_text_model):
     features = Features(state_dim=2, action_dim=3)
     with pytest.raises(ValueError, match="relative_actions"):
-        VLAPolicy(small_config(tiny_text_model, overrides=["policy.relative_actions=true"]), features)
+        VLAPolicy(small_config(tiny_text_model, overrides=["policy.relative_actions=true"]).model, features)
 
 
 def test_state_only_policy_has_no_vision_encoder(tiny_text_model):

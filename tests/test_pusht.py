@@ -19,9 +19,9 @@ import zarr
 from core.keys import OBS_IMAGE, OBS_STATE
 from data.episode_store import EpisodeStore, EpisodeWriter
 from data.pusht_import import ZARR_NAME, find_pusht_data, import_pusht_zarr, main, open_pusht_zarr
+from envs import features_for
 from envs.config import EnvConfig
 from envs.pusht import DEFAULT_INSTRUCTION, PushTEnv, block_keypoints, episode_metrics
-from envs.specs import features_for
 
 LENGTHS = (4, 2, 5)
 GOAL_STATE = np.array([100.0, 100.0, 256.0, 256.0, np.pi / 4])  # the block exactly on gym-pusht's goal pose

@@ -15,10 +15,9 @@ from safetensors.torch import load_file
 import evaluate
 import train
 from core.errors import UserError
-from core.schema import load_config
 from data.collect import collect_metaworld
 from data.episode_store import EpisodeStore
-from data.provision import dataset_dir
+from experiment.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "metaworld_reach.yaml")
@@ -67,7 +66,8 @@ def test_multitask_config_trains_one_model_and_reports_each_task(tmp_path, tiny_
     overrides = [*tiny_overrides, f"env.tasks=[{','.join(tasks)}]", "eval.every=0"]
     run = tmp_path / "runs" / "mt"
     run_train(monkeypatch, "--config", MT10_CONFIG, "--run-dir", str(run), "--no-final-eval", "--set", *overrides)
-    store = EpisodeStore(dataset_dir(load_config(MT10_CONFIG, overrides)))
+    config = load_config(MT10_CONFIG, overrides)
+    store = EpisodeStore(config.data.dataset_dir(config.env))
     assert sorted(e["env_task"] for e in store.episodes) == sorted(tasks * 2)
     assert len({e["task"] for e in store.episodes}) == 2  # one instruction per task conditions the one model
 

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import unit_stats
 from safetensors.torch import load_file, save_file
 
-from core.schema import load_config
-from envs.specs import features_for
+from core.configuration import to_dict
+from envs import features_for
+from experiment.config import load_config
 from policy.checkpoint import CONFIG, WEIGHTS, save_policy
 from policy.vla_policy import VLAPolicy
-from conftest import unit_stats
 
 REPO = Path(__file__).resolve().parents[1]
 PUSHT_STATE = str(REPO / "configs" / "pusht_state.yaml")
@@ -39,13 +40,13 @@ def write_checkpoint(directory: Path, text_model: str) -> Path:
     config = load_config(PUSHT_STATE, tiny_pusht_overrides(text_model))
     features = features_for(config.env)
     torch.manual_seed(0)
-    policy = VLAPolicy(config, features)
+    policy = VLAPolicy(config.model, features)
     policy.normalizer.fit(unit_stats(features))
     optimizer = torch.optim.AdamW(policy.parameters())
     state = {"step": 1, "best_val_metric": -1.0, "train_seconds": 0.0, "world_size": 1,
              "optimizer": optimizer.state_dict(), "scheduler": {}, "torch_rng": torch.get_rng_state(),
              "raw_weights": None, "ema": None}
-    return save_policy(policy, directory, extra={"training_state.pt": state})
+    return save_policy(policy, directory, run_config=to_dict(config), extra={"training_state.pt": state})
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:

@@ -1,7 +1,7 @@
 """Validation curves against training steps, samples seen and wall-clock time, from TensorBoard logs.
 
-    python -m benchmarks.learning_curve runs/metaworld_reach_20261122-101500 [--tag val/success_rate]
-    python -m benchmarks.learning_curve runs/a runs/b --plot curve.png      # PushT: score and success
+    python -m evaluation.learning_curve runs/metaworld_reach_20261122-101500 [--tag val/success_rate]
+    python -m evaluation.learning_curve runs/a runs/b --plot curve.png      # PushT: score and success
 
 With ``--plot`` every run is drawn against samples seen (steps x train.batch_size, read from the
 run's config.yaml) and against training minutes, its final held-out evaluation
@@ -16,6 +16,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from core.errors import ArgumentParser, MissingResourceError, run_main
+from envs.pusht import PushT
 
 # (label, samples seen, success rate, score) published for PushT from images; see BENCHMARKS.md.
 PUSHT_ANCHORS = [("LeRobot diffusion (GPU)", 12.8e6, 0.654, 0.955, "black"),
@@ -51,7 +52,7 @@ def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> N
     for i, run in enumerate(runs):
         config = yaml.safe_load((run / "config.yaml").read_text())
         batch = config["train"]["batch_size"]
-        pusht = pusht or config["env"]["name"] == "pusht"
+        pusht = pusht or config["env"]["name"] == PushT.name  # its anchors go on the axes
         minutes = training_minutes(run)
         label = labels[i] if labels else run.name
         rows = [("val/score", "score (avg max coverage)"), ("val/success_rate", "success rate")]

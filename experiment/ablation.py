@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.learning_curve import learning_curve
 from core.errors import UserError
-from core.schema import load_config
+from evaluation.learning_curve import learning_curve
 from evaluation.metrics import wilson_interval
+from experiment.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_KEY = "seed"

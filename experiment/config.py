@@ -1,5 +1,7 @@
 """The whole experiment config: one typed section per component, loaded strictly from YAML.
 
+It sits above everything it assembles; each section's class lives with its owner:
+
     seed, device
     env          envs.EnvConfig
     policy       policy.PolicyConfig      (chunking, normalization, ensembling)
@@ -8,23 +10,27 @@
     state        encoders.StateConfig
     fusion       fusion.FusionConfig
     action_head  one of action_head.HEADS, chosen by its ``type``
-    data         DataConfig
-    train        TrainConfig
-    eval         EvalConfig
+    data         data.DataConfig
+    train        TrainConfig (here: train.py is a script)
+    eval         evaluation.EvalConfig
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from action_head import head_config_class
-from action_head.diffusion import DiffusionHeadConfig
+from action_head import HEADS, head_config_class
 from action_head.base import HeadConfig
+from action_head.diffusion import DiffusionHeadConfig
 from core.configuration import ConfigError, apply_overrides, doc_field, from_dict, load_yaml
+from core.errors import DamagedFileError
+from data.config import DataConfig
 from encoders import StateConfig, TextConfig, VisionConfig
 from envs import EnvConfig
+from evaluation.config import EvalConfig
 from fusion import FusionConfig
-from policy.config import PolicyConfig
+from policy.checkpoint import CONFIG, read_meta
+from policy.config import MODEL_SECTIONS, ModelConfig, PolicyConfig
 
 
 @dataclass
@@ -65,32 +71,6 @@ class TrainConfig:
 
 
 @dataclass
-class DataConfig:
-    root: str = doc_field("~/.cache/easyvla/datasets", "where datasets are collected, imported and cached")
-    episodes_per_task: int = doc_field(100, "scripted-expert demonstrations per task (Meta-World)")
-    path: str = doc_field("", "PushT: a local pusht.zip or .zarr directory (empty: cache, else download)")
-
-    def __post_init__(self):
-        if self.episodes_per_task < 1:
-            raise ConfigError(f"data.episodes_per_task must be >= 1, got {self.episodes_per_task}")
-        if not self.root:
-            raise ConfigError("data.root must name a directory (default ~/.cache/easyvla/datasets)")
-
-
-@dataclass
-class EvalConfig:
-    episodes: int = doc_field(50, "episodes per task on the held-out evaluation layouts")
-    val_episodes: int = doc_field(10, "episodes per task on validation layouts, during training (picks 'best')")
-    every: int = doc_field(2000, "training steps between validation rollouts (0: only at the end)")
-    n_envs: int = doc_field(5, "envs stepped in lockstep with one batched policy call")
-    videos: int = doc_field(2, "episodes recorded as video")
-
-    def __post_init__(self):
-        if self.episodes < 1 or self.n_envs < 1 or self.val_episodes < 0 or self.videos < 0 or self.every < 0:
-            raise ConfigError("eval: episodes and n_envs must be >= 1; val_episodes, videos, every >= 0")
-
-
-@dataclass
 class Config:
     seed: int = doc_field(0, "seed for data order, initialization, augmentation and sampling")
     device: str = doc_field("auto", "auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")
@@ -101,10 +81,15 @@ class Config:
     state: StateConfig = doc_field(default_factory=StateConfig, doc="robot-state MLP")
     fusion: FusionConfig = doc_field(default_factory=FusionConfig, doc="scene self-attention + state cross-attention")
     action_head: HeadConfig = doc_field(default_factory=DiffusionHeadConfig, doc="the action head, by type",
-                                        polymorphic=head_config_class)
+                                        polymorphic=head_config_class, choices=HEADS.names)
     data: DataConfig = doc_field(default_factory=DataConfig, doc="where demonstrations come from")
     train: TrainConfig = doc_field(default_factory=TrainConfig, doc="optimization")
     eval: EvalConfig = doc_field(default_factory=EvalConfig, doc="closed-loop evaluation")
+
+    @property
+    def model(self) -> ModelConfig:
+        """The sections the policy is built from."""
+        return ModelConfig(**{name: getattr(self, name) for name in MODEL_SECTIONS})
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -114,3 +99,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if isinstance(data.get("action_head"), dict) and "type" not in data["action_head"]:
         data["action_head"] = {"type": DiffusionHeadConfig.type, **data["action_head"]}
     return from_dict(Config, data)
+
+
+def checkpoint_config(directory: str | Path) -> Config:
+    """The experiment config a checkpoint was trained with (``config.json``)."""
+    config = read_meta(directory)["config"]
+    if "env" not in config:
+        raise DamagedFileError(f"{Path(directory) / CONFIG} records only the model (saved without run_config): "
+                               "load it with policy.checkpoint.load_policy; evaluate.py and --resume need a checkpoint "
+                               "that train.py wrote")
+    try:
+        return from_dict(Config, config)
+    except ConfigError as error:
+        raise DamagedFileError(f"{Path(directory) / CONFIG} holds a config this version cannot load ({error})") from None
