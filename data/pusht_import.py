@@ -99,7 +99,7 @@ def _import(zarr_path: str | Path, out_root: Path, state: str, with_images: bool
     ends = np.asarray(group["meta/episode_ends"][:], dtype=np.int64)
     starts = np.concatenate([[0], ends[:-1]])
     n_episodes = len(ends) if max_episodes is None else min(max_episodes, len(ends))
-    features = features_for(EnvConfig(name="pusht", tasks=[TASK_NAME], cameras=list(CAMERAS) if with_images else [],
+    features = features_for(EnvConfig(name=PushT.name, tasks=[TASK_NAME], cameras=list(CAMERAS) if with_images else [],
                                       image_size=NATIVE_IMAGE_SIZE, state=state))
     writer = EpisodeWriter(out_root, features, fps=PushT.fps, source=f"Diffusion Policy PushT demonstrations ({ZARR_NAME})")
     done = writer.episode_index()
