@@ -3,6 +3,7 @@
     python evaluate.py --env pusht                               # the latest PushT run, seeds 1000..1049
     python evaluate.py --env metaworld --task reach-v3 --checkpoint runs/metaworld_reach_20261122-101500
     python evaluate.py --env metaworld --episodes 20             # every task the checkpoint was trained on
+    python evaluate.py --env metaworld --protocol metaworld      # Meta-World's own 50 layouts per task (MT1)
 
 Prints success with a 95% Wilson interval (and for PushT the score, the average max coverage
 reward of the Diffusion Policy paper), and writes JSON results and videos into the run directory
@@ -58,10 +59,16 @@ def main() -> None:
                                                                "split; PushT: 1000)")
     parser.add_argument("--n-envs", type=positive_int, default=None, help="envs stepped together (default: config)")
     parser.add_argument("--videos", type=non_negative_int, default=2, help="episodes per task recorded as video")
+    parser.add_argument("--protocol", default="seeds",
+                        help="seeds: fresh layouts from the evaluation seeds (default); metaworld: Meta-World's own "
+                             "50 pre-drawn layouts per task (metaworld.MT1), as published MT1/MT10 numbers use")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     args = parser.parse_args()
     device = resolve_device(args.device)
 
+    if args.protocol not in benchmark(args.env).protocols:
+        raise UserError(f"--protocol {args.protocol} is not a {args.env} protocol; use one of "
+                        f"{', '.join(benchmark(args.env).protocols)}")
     checkpoint = find_checkpoint(args.checkpoint, args.env, args.runs_dir)
     config = checkpoint_config(checkpoint)
     if config.env.name != args.env:
@@ -85,11 +92,12 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = evaluate_policy(policy, config.env, split="eval", episodes=args.episodes, first_seed=args.seed,
                              n_envs=args.n_envs or config.eval.n_envs, sample_seed=config.seed, videos=args.videos,
-                             video_dir=run_dir / f"videos_eval_{stamp}")
+                             video_dir=run_dir / f"videos_eval_{stamp}", protocol=args.protocol)
     result.pop("video_frames")
     result["checkpoint"] = str(checkpoint)
     out = run_dir / f"eval_{checkpoint.name}_{stamp}.json"
     out.write_text(json.dumps(result, indent=2))
+    print(f"protocol: {args.protocol}")
     print(format_table(result))
     print(f"results: {out}")
 

@@ -26,4 +26,5 @@ class DataConfig:
         if len(tasks) > 40:
             tasks = f"{len(env.tasks)}tasks-{hashlib.sha1(tasks.encode()).hexdigest()[:8]}"
         cameras = "-".join(env.cameras) + f"_{env.image_size[0]}x{env.image_size[1]}" if env.cameras else "nocam"
-        return Path(self.root).expanduser() / f"{env.name}_{tasks}_{cameras}_{env.state}"
+        scene = "" if env.goal_marker else "_nomarker"  # images and instructions differ
+        return Path(self.root).expanduser() / f"{env.name}_{tasks}_{cameras}_{env.state}{scene}"

@@ -33,6 +33,7 @@ class Benchmark(ABC):
     headline: ClassVar[str]  # the summary key that picks checkpoints and leads reports (higher is better)
     headline_name: ClassVar[str]  # what people call it: "success", "score"
     train_command: ClassVar[str]  # the command that trains a policy for it (for error messages)
+    protocols: ClassVar[tuple[str, ...]] = ("seeds",)  # evaluation protocols; "seeds": the split's seeds
 
     @abstractmethod
     def make(self, config: EnvConfig, task: str) -> gym.Env:
@@ -41,6 +42,10 @@ class Benchmark(ABC):
     @abstractmethod
     def episode_seed(self, split: str, index: int) -> int:
         """Seed of episode ``index`` of ``split`` (train | val | eval); splits never share seeds."""
+
+    def episode_options(self, protocol: str, task: str, index: int) -> dict | None:
+        """``reset`` options of evaluation episode ``index`` under ``protocol`` (None: the seed decides)."""
+        return None
 
     def episode_metrics(self, infos: list[dict]) -> dict:
         """One episode's results from the infos its steps returned: success (at some step) and steps."""

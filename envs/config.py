@@ -13,6 +13,8 @@ class EnvConfig:
     image_size: tuple[int, int] = doc_field((96, 96), "(H, W) of rendered images")
     state: str = doc_field("proprio", "state variant: proprio | full (Meta-World), agent_pos | keypoints (PushT)")
     max_episode_steps: int = doc_field(500, "episode cap")
+    goal_marker: bool = doc_field(True, "Meta-World: draw the goal as a 3 cm magenta sphere (false: the stock "
+                                        "scene, its goal a small site; instructions then name no marker)")
 
     def __post_init__(self):
         if not self.tasks:

@@ -8,13 +8,16 @@
     obs, reward, terminated, truncated, info = env.step(env.expert_action())
 
 Success terminates an episode, ``max_episode_steps`` truncates it, actions are clipped to [-1, 1].
-The goal is drawn as a magenta sphere in every image. Why and how (seeded layouts and their
+The goal is drawn as a magenta sphere in every image unless ``goal_marker=False`` (the stock
+scene). ``reset(options={"layout": v})`` starts on a given layout, e.g. one of the benchmark's
+pre-drawn MT1 tasks (``MetaWorld.episode_options``). Why and how (seeded layouts and their
 disjoint splits, camera orientations, the marker, rendering): docs/metaworld.md.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import warnings
 import weakref
@@ -31,7 +34,7 @@ from envs.base import BENCHMARKS, Benchmark
 from envs.config import EnvConfig
 from envs.features import Features
 
-__all__ = ["CAMERAS", "INSTRUCTIONS", "MetaWorldEnv", "layout_seed"]
+__all__ = ["CAMERAS", "INSTRUCTIONS", "MetaWorld", "MetaWorldEnv", "instruction", "layout_seed"]
 
 # Seeds of each split: [offset, offset + SEEDS_PER_SPLIT). Ranges never overlap.
 SEEDS_PER_SPLIT = 1_000_000
@@ -110,6 +113,15 @@ INSTRUCTIONS: dict[str, str] = {
 }
 
 
+def instruction(task: str, goal_marker: bool = True) -> str:
+    """The task's instruction; without the marker (the stock scene) it names no magenta marker."""
+    text = INSTRUCTIONS[task]
+    if goal_marker:
+        return text
+    return (text.replace("the magenta goal marker", "the goal").replace(" at the magenta marker", " at the target")
+            .replace("the magenta marker", "the target"))
+
+
 def layout_seed(split: Literal["train", "val", "eval"], index: int) -> int:
     """Seed of layout ``index`` of ``split``; the splits' seed ranges never overlap.
 
@@ -158,7 +170,7 @@ class MetaWorldEnv(gym.Env):
 
     Attributes:
         task: the Meta-World task name, e.g. ``reach-v3``.
-        instruction: the task's language instruction (``INSTRUCTIONS[task]``).
+        instruction: the task's language instruction (``instruction(task, goal_marker)``).
         features: state/action sizes, cameras and image size (``envs.features.Features``).
         mw_env: the underlying Meta-World env (MuJoCo ``model``/``data`` live there).
 
@@ -170,7 +182,8 @@ class MetaWorldEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
 
     def __init__(self, task: str, cameras: tuple[str, ...] = ("corner",), image_size: tuple[int, int] = (96, 96),
-                 state: Literal["proprio", "full"] = "proprio", max_episode_steps: int = 500):
+                 state: Literal["proprio", "full"] = "proprio", max_episode_steps: int = 500,
+                 goal_marker: bool = True):
         if task not in INSTRUCTIONS:
             raise ValueError(f"unknown Meta-World task {task!r}; valid: {', '.join(sorted(INSTRUCTIONS))}")
         cameras = tuple(cameras)
@@ -189,7 +202,8 @@ class MetaWorldEnv(gym.Env):
         from metaworld.policies import ENV_POLICY_MAP
 
         self.task = task
-        self.instruction = INSTRUCTIONS[task]
+        self.goal_marker = bool(goal_marker)
+        self.instruction = instruction(task, self.goal_marker)
         self.cameras = cameras
         self.image_size = (height, width)
         self.state = state
@@ -235,13 +249,27 @@ class MetaWorldEnv(gym.Env):
     # ----------------------------------------------------------------------------------- gym API
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        """Start an episode; with ``seed``, on that seed's layout (see :func:`layout_seed`)."""
+        """Start an episode; with ``seed``, on that seed's layout (see :func:`layout_seed`).
+
+        ``options={"layout": v}`` starts on the layout ``v`` instead (a ``layout`` vector, e.g. one of
+        Meta-World's pre-drawn benchmark tasks); the seed still seeds everything else.
+        """
         import mujoco
 
         super().reset(seed=seed)
+        options = dict(options or {})
+        layout = options.pop("layout", None)
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; known: layout")
         if seed is not None:
             self.mw_env.seed(int(seed))
-        raw, _ = self.mw_env.reset()
+        if layout is not None:  # Meta-World's own switch for a fixed task: reset reads _last_rand_vec
+            self.mw_env._last_rand_vec = np.asarray(layout, dtype=np.float64)
+            self.mw_env._freeze_rand_vec = True
+        try:
+            raw, _ = self.mw_env.reset()
+        finally:
+            self.mw_env._freeze_rand_vec = False
         # Meta-World moves the goal site after its last forward pass; recompute positions so the
         # first frame shows the scene as every later step does (same for image and state-only envs).
         mujoco.mj_forward(self.mw_env.model, self.mw_env.data)
@@ -323,7 +351,7 @@ class MetaWorldEnv(gym.Env):
         return obs
 
     def _render_images(self, cameras: tuple[str, ...]) -> np.ndarray:
-        """Upright images of ``cameras`` with the goal marker: uint8 ``(N, 3, H, W)``."""
+        """Upright images of ``cameras``, with the goal marker if on: uint8 ``(N, 3, H, W)``."""
         if self._renderer is None:
             self._renderer = _new_renderer(self.mw_env.model, *self.image_size)
         renderer, data = self._renderer, self.mw_env.data
@@ -331,7 +359,8 @@ class MetaWorldEnv(gym.Env):
         images = []
         for camera in cameras:
             renderer.update_scene(data, camera=camera)
-            _add_marker(renderer.scene, goal)
+            if self.goal_marker:
+                _add_marker(renderer.scene, goal)
             image = renderer.render()  # (H, W, 3), row 0 = top of MuJoCo's camera frame
             if CAMERAS[camera]:
                 image = image[::-1, ::-1]
@@ -365,10 +394,33 @@ class MetaWorld(Benchmark):
     headline = "success_rate"
     headline_name = "success"
     train_command = "python train.py --config configs/metaworld_reach.yaml"
+    # seeds: fresh layouts from disjoint seed ranges (as many as wanted); metaworld: the benchmark's own
+    # 50 pre-drawn layouts per task (metaworld.MT1(task, seed=0)), as published MT1/MT10 numbers use.
+    protocols = ("seeds", "metaworld")
+    MT_SEED = 0
 
     def make(self, config: EnvConfig, task: str) -> MetaWorldEnv:
         return MetaWorldEnv(task, tuple(config.cameras), tuple(config.image_size), config.state,
-                            config.max_episode_steps)
+                            config.max_episode_steps, config.goal_marker)
+
+    def episode_options(self, protocol: str, task: str, index: int) -> dict | None:
+        if protocol == "seeds":
+            return None
+        return {"layout": _benchmark_layouts(task, self.MT_SEED)[index % 50]}
 
     def episode_seed(self, split: str, index: int) -> int:
         return layout_seed(split, index)
+
+
+@functools.cache
+def _benchmark_layouts(task: str, seed: int) -> tuple[np.ndarray, ...]:
+    """The 50 layouts ``metaworld.MT1(task, seed)`` pre-draws (its train tasks), in order."""
+    import pickle
+
+    import metaworld
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tasks = metaworld.MT1(task, seed=seed).train_tasks
+    # Meta-World's own Task records, made just above in this process (not a file): pickle is its format.
+    return tuple(np.asarray(pickle.loads(t.data)["rand_vec"], dtype=np.float64) for t in tasks)

@@ -26,9 +26,9 @@ def _to_batch(observations: list[dict], instruction: str, device: torch.device) 
 
 @torch.no_grad()
 def run_episodes(policy: VLAPolicy, env_config: EnvConfig, task: str, seeds: list[int], n_envs: int = 4,
-                 video_episodes: int = 0, sample_seed: int = 0, progress: bool = True
-                 ) -> tuple[list[dict], list[np.ndarray]]:
-    """Roll out ``policy`` once per seed.
+                 video_episodes: int = 0, sample_seed: int = 0, progress: bool = True,
+                 options: list[dict | None] | None = None) -> tuple[list[dict], list[np.ndarray]]:
+    """Roll out ``policy`` once per seed (``options[i]``: episode i's ``reset`` options, if any).
 
     Returns:
         one dict per episode (seed, then the benchmark's ``episode_metrics``: success, steps and, for
@@ -46,7 +46,9 @@ def run_episodes(policy: VLAPolicy, env_config: EnvConfig, task: str, seeds: lis
         for start in range(0, len(seeds), len(envs)):
             group = seeds[start:start + len(envs)]
             active_envs = envs[: len(group)]
-            observations = [env.reset(seed=seed)[0] for env, seed in zip(active_envs, group)]
+            group_options = options[start:start + len(group)] if options else [None] * len(group)
+            observations = [env.reset(seed=seed, options=opt)[0]
+                            for env, seed, opt in zip(active_envs, group, group_options)]
             record = [start + i < video_episodes for i in range(len(group))]
             frames = [[env.render()] if rec else [] for env, rec in zip(active_envs, record)]
             done = [False] * len(group)

@@ -12,11 +12,13 @@ from policy.vla_policy import VLAPolicy
 
 def evaluate_policy(policy: VLAPolicy, env: EnvConfig, split: str = "eval", episodes: int = 50,
                     first_seed: int | None = None, n_envs: int = 5, sample_seed: int = 0, videos: int = 0,
-                    video_dir: Path | None = None, progress: bool = True) -> dict:
+                    video_dir: Path | None = None, progress: bool = True, protocol: str = "seeds") -> dict:
     """Roll out on ``split`` layouts (train | val | eval; disjoint seeds) for each task of ``env``.
 
     ``first_seed`` replaces the split's seeds with ``first_seed, first_seed + 1, ...``; ``sample_seed``
-    seeds the heads' sampling noise.
+    seeds the heads' sampling noise. ``protocol`` is one of the benchmark's (``Benchmark.protocols``):
+    "seeds" draws each episode's layout from its seed; Meta-World's "metaworld" takes the benchmark's
+    own pre-drawn layouts, episode i on layout i (mod 50).
 
     Returns:
         {"split", "tasks": {task: summary}, "overall": summary pooled over tasks}, where a summary has
@@ -24,21 +26,25 @@ def evaluate_policy(policy: VLAPolicy, env: EnvConfig, split: str = "eval", epis
     """
     tasks, pooled = {}, []
     video_frames: list[np.ndarray] = []
+    spec = benchmark(env.name)
+    if protocol not in spec.protocols:
+        raise ValueError(f"{env.name} has no evaluation protocol '{protocol}'; known: {', '.join(spec.protocols)}")
     for task in env.tasks:
         seeds = [first_seed + i if first_seed is not None else episode_seed(env, split, i)
                  for i in range(episodes)]
+        options = [spec.episode_options(protocol, task, i) for i in range(episodes)]
         results, task_videos = run_episodes(policy, env, task, seeds, n_envs, video_episodes=videos,
-                                            sample_seed=sample_seed, progress=progress)
+                                            sample_seed=sample_seed, progress=progress, options=options)
         tasks[task] = {**summarize(results), "episodes_detail": results}
         pooled += results
         if video_dir is not None:
             for i, frames in enumerate(task_videos):
                 tasks[task].setdefault("videos", []).append(
-                    str(save_video(frames, video_dir / f"{task}_{i:02d}", benchmark(env.name).fps)))
+                    str(save_video(frames, video_dir / f"{task}_{i:02d}", spec.fps)))
         video_frames += task_videos
     overall = summarize(pooled)
     overall["mean_task_success"] = float(np.mean([t["success_rate"] for t in tasks.values()]))
-    return {"split": split, "tasks": tasks, "overall": overall, "video_frames": video_frames}
+    return {"split": split, "protocol": protocol, "tasks": tasks, "overall": overall, "video_frames": video_frames}
 
 
 def format_table(result: dict) -> str:

@@ -191,3 +191,58 @@ def test_cap_above_metaworld_path_length():
         _, _, _, truncated, _ = env.step(np.array([0.0, 0.0, 1.0, 0.0]))  # up, away from any goal
     assert truncated
     env.close()
+
+
+def _magenta_pixels(image: np.ndarray) -> int:
+    r, g, b = image.astype(int)
+    return int(((r > 150) & (b > 150) & (g < 100)).sum())
+
+
+def test_goal_marker_is_drawn_only_when_on():
+    """The stock scene (goal_marker=False) has no magenta pixel on the same layouts; the marker scene has some."""
+    stock = MetaWorldEnv("reach-v3", cameras=("corner", "topview"), image_size=(SIZE, SIZE), goal_marker=False)
+    marked = MetaWorldEnv("reach-v3", cameras=("corner", "topview"), image_size=(SIZE, SIZE))
+    try:
+        for i in range(3):
+            seed = layout_seed("eval", i)
+            with_marker = marked.reset(seed=seed)[0][OBS_IMAGE]
+            without = stock.reset(seed=seed)[0][OBS_IMAGE]
+            assert np.allclose(marked.layout, stock.layout)
+            assert all(_magenta_pixels(image) >= 3 for image in with_marker)
+            assert all(_magenta_pixels(image) == 0 for image in without)
+        assert "magenta" in marked.instruction and "magenta" not in stock.instruction
+    finally:
+        stock.close()
+        marked.close()
+
+
+def test_stock_instructions_name_no_marker():
+    from envs.metaworld import instruction
+
+    for task in INSTRUCTIONS:
+        assert "magenta" not in instruction(task, goal_marker=False) and "marker" not in instruction(task, False)
+        assert instruction(task, goal_marker=True) == INSTRUCTIONS[task]
+
+
+def test_the_metaworld_protocol_uses_the_benchmarks_own_layouts(state_env):
+    """Episode i starts on MT1's i-th pre-drawn layout, whatever the seed; the seed protocol is untouched."""
+    import pickle
+
+    import metaworld
+
+    from envs.metaworld import MetaWorld
+
+    spec = MetaWorld()
+    expected = [pickle.loads(t.data)["rand_vec"] for t in metaworld.MT1("reach-v3", seed=MetaWorld.MT_SEED).train_tasks]
+    assert len(expected) == 50 and len({tuple(v) for v in expected}) == 50
+    for index, seed in [(0, 7), (3, 7), (49, 123)]:
+        state_env.reset(seed=seed, options=spec.episode_options("metaworld", "reach-v3", index))
+        assert np.allclose(state_env.layout, expected[index])
+        assert np.allclose(state_env.goal, expected[index][3:6])  # reach's layout: hand init, then goal
+    assert spec.episode_options("seeds", "reach-v3", 0) is None
+    state_env.reset(seed=layout_seed("eval", 0))  # a fixed layout does not stick to later resets
+    first = state_env.layout
+    state_env.reset(seed=layout_seed("eval", 1))
+    assert not np.allclose(first, state_env.layout)
+    with pytest.raises(ValueError, match="unknown reset options"):
+        state_env.reset(seed=0, options={"layuot": expected[0]})

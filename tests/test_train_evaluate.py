@@ -60,6 +60,13 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path, tiny_overrides):
     written = sorted(run.glob("eval_best_*.json"))
     assert written and json.loads(written[-1].read_text())["overall"]["episodes"] == 1
 
+    out = subprocess.run([sys.executable, "evaluate.py", "--env", "metaworld", "--checkpoint", str(run),
+                          "--episodes", "2", "--videos", "0", "--protocol", "metaworld"], cwd=REPO, check=True,
+                         capture_output=True, text=True)
+    assert "protocol: metaworld" in out.stdout and "| reach-v3 |" in out.stdout
+    newest = max(run.glob("eval_best_*.json"), key=lambda p: p.stat().st_mtime)
+    assert json.loads(newest.read_text())["protocol"] == "metaworld"
+
 
 def test_multitask_config_trains_one_model_and_reports_each_task(tmp_path, tiny_overrides, monkeypatch, capsys):
     tasks = ["reach-v3", "pick-place-v3"]  # two of MT10 whose experts finish within the tiny step cap
