@@ -19,7 +19,9 @@ from torch import nn
 
 from action_head.base import ActionHead, HeadConfig, head_type, masked_mean, register_head
 from action_head.tokenizer import ActionTokenizer
+from core import rng
 from core.configuration import ConfigError, doc_field
+from core.rng import Generators
 from fusion.context import Context
 
 
@@ -136,15 +138,15 @@ class AutoregressiveHead(ActionHead):
         accuracy = masked_mean(correct, action_is_pad)
         return loss, {"ce": loss.item(), "token_accuracy": accuracy.item()}
 
-    def _choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _choose(self, logits: torch.Tensor, generator: Generators) -> torch.Tensor:
         """(B, n_bins) float32 logits -> (B,) long bin ids: argmax, or a sample at ``temperature``."""
         if self.config.temperature == 0.0:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits / self.config.temperature, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return rng.multinomial(probs, generator)
 
     @torch.no_grad()
-    def generate_tokens(self, context: Context, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate_tokens(self, context: Context, generator: Generators = None) -> torch.Tensor:
         """Decode exactly L = H*A tokens, each a bin id in [0, n_bins).
 
         Args:
@@ -162,7 +164,7 @@ class AutoregressiveHead(ActionHead):
         return tokens[:, 1:]  # drop BOS
 
     @torch.no_grad()
-    def predict(self, context: Context, generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict(self, context: Context, generator: Generators = None) -> torch.Tensor:
         """(B, H, A) float32 chunk of bin centers, in [-1, 1]; greedy unless ``temperature > 0``."""
         tokens = self.generate_tokens(context, generator)
         return rearrange(self.tokenizer.decode(tokens), "b (h a) -> b h a", h=self.chunk_size)

@@ -13,6 +13,7 @@ from torch import nn
 
 from core.configuration import doc_field
 from core.registry import Registry
+from core.rng import Generators
 from fusion.context import Context
 
 
@@ -63,8 +64,11 @@ class ActionHead(nn.Module, ABC):
         """
 
     @abstractmethod
-    def predict(self, context: Context, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, H, A) normalized action chunk; deterministic for a given ``generator`` state."""
+    def predict(self, context: Context, generator: Generators = None) -> torch.Tensor:
+        """(B, H, A) normalized action chunk; deterministic for a given ``generator`` state.
+
+        ``generator``: one for the batch, or one per row (then a row's draws depend on its own only).
+        """
 
 
 def masked_mean(values: torch.Tensor, action_is_pad: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from action_head.base import ActionHead, head_type, masked_mean, register_head
 from action_head.denoisers import DenoiserHeadConfig, hold_last_action, make_denoiser
 from action_head.noise_schedule import BETA_SCHEDULES, SAMPLERS, BetaSchedule, NoiseSchedule, Sampler
 from core.configuration import ConfigError, doc_field
+from core.rng import Generators
 from fusion.context import Context
 
 
@@ -54,7 +55,7 @@ class DiffusionHead(ActionHead):
         return mse, {"mse": mse.item()}
 
     @torch.no_grad()
-    def predict(self, context: Context, generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict(self, context: Context, generator: Generators = None) -> torch.Tensor:
         cond = context.global_vector().float()
         return self.schedule.sample(
             lambda x, t: self.denoiser(x, t, cond),

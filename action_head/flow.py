@@ -7,7 +7,9 @@ import torch
 
 from action_head.base import ActionHead, head_type, masked_mean, register_head
 from action_head.denoisers import DenoiserHeadConfig, hold_last_action, make_denoiser
+from core import rng
 from core.configuration import ConfigError, doc_field
+from core.rng import Generators
 from fusion.context import Context
 
 # Flow time t in [0, 1] is scaled to the range of diffusion step indices, which the sinusoidal
@@ -68,10 +70,10 @@ class FlowHead(ActionHead):
         return mse, {"mse": mse.item()}
 
     @torch.no_grad()
-    def predict(self, context: Context, generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict(self, context: Context, generator: Generators = None) -> torch.Tensor:
         cond = context.global_vector().float()
         shape = (context.batch_size, self.chunk_size, self.action_dim)
-        noise = torch.randn(shape, generator=generator, device=cond.device, dtype=torch.float32)
+        noise = rng.randn(shape, generator, cond.device)
         x = euler_integrate(lambda x, t: self.denoiser(x, t * TIME_SCALE, cond), noise,
                             self.config.num_inference_steps)
         return x.clamp(-1.0, 1.0)

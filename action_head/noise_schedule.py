@@ -7,7 +7,9 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
+from core import rng
 from core.configuration import ConfigError
+from core.rng import Generators
 
 BetaSchedule = Literal["squaredcos_cap_v2", "linear"]
 BETA_SCHEDULES: tuple[str, ...] = typing.get_args(BetaSchedule)
@@ -84,7 +86,7 @@ class NoiseSchedule(nn.Module):
         eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()  # the noise consistent with the clipped x0
         return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
 
-    def _ddpm_step(self, x: torch.Tensor, eps: torch.Tensor, t: int, generator: torch.Generator | None
+    def _ddpm_step(self, x: torch.Tensor, eps: torch.Tensor, t: int, generator: Generators
                    ) -> torch.Tensor:
         """Ancestral step: a draw from the posterior q(x_{t-1} | x_t, x0 = predicted x0)."""
         abar, abar_prev, beta = self._abar(t), self._abar(t - 1), self.betas[t]
@@ -95,23 +97,23 @@ class NoiseSchedule(nn.Module):
         if t == 0:  # coef1 = 1, coef2 = 0: the mean is the predicted x0, and no noise is added
             return mean
         variance = beta * (1 - abar_prev) / (1 - abar)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = rng.randn(tuple(x.shape), generator, x.device, x.dtype)
         return mean + variance.sqrt() * noise
 
-    def sample(self, denoise_fn: DenoiseFn, shape: tuple[int, ...], generator: torch.Generator | None = None,
+    def sample(self, denoise_fn: DenoiseFn, shape: tuple[int, ...], generator: Generators = None,
                num_steps: int = 10, method: str = "ddim") -> torch.Tensor:
         """Draw x_0 of ``shape`` (B, H, A) in [-1, 1], float32, on the schedule's device.
 
         Args:
             denoise_fn: (x_t (B, H, A), t (B,) float) -> predicted noise (B, H, A).
-            generator: source of all randomness (initial noise, DDPM noise).
+            generator: source of all randomness (initial noise, DDPM noise); one per row or one for all.
             num_steps: DDIM steps; "ddpm" always runs all T steps.
             method: "ddim" (deterministic) or "ddpm" (ancestral).
         """
         if method not in SAMPLERS:
             raise ValueError(f"unknown sampler '{method}'; valid: {', '.join(SAMPLERS)}")
         device = self.alphas_cumprod.device
-        x = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        x = rng.randn(tuple(shape), generator, device)
         steps = self.ddim_timesteps(num_steps) if method == "ddim" else list(range(self.num_train_steps - 1, -1, -1))
         for i, t in enumerate(steps):
             eps = denoise_fn(x, torch.full((shape[0],), float(t), device=device)).float()

@@ -10,6 +10,7 @@ from torch import nn
 
 from action_head.base import ActionHead, HeadConfig, head_type, masked_mean, register_head
 from core.configuration import ConfigError, doc_field
+from core.rng import Generators
 from fusion.context import Context
 
 
@@ -78,6 +79,6 @@ class RegressionHead(ActionHead):
         return loss, {"l1": l1.item(), "mse": mse.item()}
 
     @torch.no_grad()
-    def predict(self, context: Context, generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict(self, context: Context, generator: Generators = None) -> torch.Tensor:
         """(B, H, A) float32 chunk clamped to [-1, 1]; deterministic, ``generator`` is unused."""
         return self._readout(context).clamp(-1.0, 1.0)

@@ -1,7 +1,10 @@
-"""Closed-loop rollouts: several envs stepped in lockstep, one batched policy call per step.
+"""Closed-loop rollouts: several envs stepped together, one batched policy call per step.
 
 On a CPU the batch amortizes the encoders over envs, which beats one process per env when
-there are only a couple of cores.
+there are only a couple of cores. With ``refill`` (the default) a slot whose episode ends starts
+the next one at once, so a batch never waits for its slowest episode: 50 episodes cost about
+their total steps / ``n_envs`` policy steps. Each episode samples from its own generator (seeded by
+``sample_seed`` and its seed), so its result does not depend on which episodes share its batch.
 """
 
 from pathlib import Path
@@ -24,57 +27,89 @@ def _to_batch(observations: list[dict], instruction: str, device: torch.device) 
     return batch
 
 
+def episode_generator(sample_seed: int, seed: int, device: torch.device) -> torch.Generator:
+    """The sampling-noise generator of the episode on ``seed``."""
+    return torch.Generator(device=device).manual_seed(sample_seed * 1_000_003 + seed)
+
+
 @torch.no_grad()
 def run_episodes(policy: VLAPolicy, env_config: EnvConfig, task: str, seeds: list[int], n_envs: int = 4,
                  video_episodes: int = 0, sample_seed: int = 0, progress: bool = True,
-                 options: list[dict | None] | None = None) -> tuple[list[dict], list[np.ndarray]]:
+                 options: list[dict | None] | None = None, refill: bool = True
+                 ) -> tuple[list[dict], list[np.ndarray]]:
     """Roll out ``policy`` once per seed (``options[i]``: episode i's ``reset`` options, if any).
 
+    ``refill=False`` steps the envs in lockstep: a batch of ``n_envs`` episodes starts together and
+    the next batch waits for its slowest episode (the same per-episode results, more steps).
+
     Returns:
-        one dict per episode (seed, then the benchmark's ``episode_metrics``: success, steps and, for
-        PushT, max/final coverage and max reward), and a (T, H, W, 3) uint8 video for each of the
-        first ``video_episodes`` episodes.
+        one dict per episode, in ``seeds`` order (seed, then the benchmark's ``episode_metrics``:
+        success, steps and, for PushT, max/final coverage and max reward), and a (T, H, W, 3) uint8
+        video for each of the first ``video_episodes`` episodes.
     """
     policy.eval()
     device = next(policy.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(sample_seed)
     spec = benchmark(env_config.name)
+    options = options or [None] * len(seeds)
     envs = [make_env(env_config, task) for _ in range(min(n_envs, len(seeds)))]
-    results, videos = [], []
+    results: list[dict | None] = [None] * len(seeds)
+    videos: dict[int, np.ndarray] = {}
+    slot_episode: list[int | None] = [None] * len(envs)  # the episode each slot is playing
+    observations: list[dict | None] = [None] * len(envs)
+    generators = [episode_generator(sample_seed, 0, device) for _ in envs]
+    infos: list[list[dict]] = [[] for _ in envs]
+    frames: list[list[np.ndarray]] = [[] for _ in envs]
+    upcoming = iter(range(len(seeds)))
+
+    def start(slot: int) -> bool:
+        """Begin the next episode in ``slot``; False when none is left."""
+        episode = next(upcoming, None)
+        slot_episode[slot] = episode
+        if episode is None:
+            return False
+        env = envs[slot]
+        observations[slot] = env.reset(seed=seeds[episode], options=options[episode])[0]
+        generators[slot] = episode_generator(sample_seed, seeds[episode], device)
+        infos[slot] = []
+        frames[slot] = [env.render()] if episode < video_episodes else []
+        return True
+
     bar = tqdm(total=len(seeds), desc=f"eval {task}", disable=not progress, leave=False)
     try:
-        for start in range(0, len(seeds), len(envs)):
-            group = seeds[start:start + len(envs)]
-            active_envs = envs[: len(group)]
-            group_options = options[start:start + len(group)] if options else [None] * len(group)
-            observations = [env.reset(seed=seed, options=opt)[0]
-                            for env, seed, opt in zip(active_envs, group, group_options)]
-            record = [start + i < video_episodes for i in range(len(group))]
-            frames = [[env.render()] if rec else [] for env, rec in zip(active_envs, record)]
-            done = [False] * len(group)
-            info_log: list[list[dict]] = [[] for _ in group]
-            policy.reset()
-            while not all(done):
-                actions = policy.select_action(_to_batch(observations, active_envs[0].instruction, device), generator)
-                actions = actions.float().cpu().numpy()
-                for i, env in enumerate(active_envs):
-                    if done[i]:
-                        continue  # finished envs idle; the batch keeps its shape so queues stay aligned
-                    observations[i], _, terminated, truncated, info = env.step(actions[i])
-                    info_log[i].append(info)
-                    done[i] = terminated or truncated
-                    if record[i]:
-                        frames[i].append(env.render())
-            for i, seed in enumerate(group):
-                results.append({"seed": seed, **spec.episode_metrics(info_log[i])})
-                if record[i]:
-                    videos.append(np.stack(frames[i]))
-            bar.update(len(group))
+        while True:
+            if all(episode is None for episode in slot_episode):  # a new batch: every slot starts together
+                if not any([start(slot) for slot in range(len(envs))]):
+                    break
+                policy.reset()
+            # Finished slots (lockstep, or nothing left to play) keep their last observation; their
+            # actions are dropped, and the batch keeps its shape so each row keeps its own queue.
+            batch = _to_batch(observations, envs[0].instruction, device)
+            actions = policy.select_action(batch, generators).float().cpu().numpy()
+            restarted = []
+            for slot, env in enumerate(envs):
+                episode = slot_episode[slot]
+                if episode is None:
+                    continue
+                observations[slot], _, terminated, truncated, info = env.step(actions[slot])
+                infos[slot].append(info)
+                if frames[slot]:
+                    frames[slot].append(env.render())
+                if not (terminated or truncated):
+                    continue
+                results[episode] = {"seed": seeds[episode], **spec.episode_metrics(infos[slot])}
+                if frames[slot]:
+                    videos[episode] = np.stack(frames[slot])
+                bar.update(1)
+                slot_episode[slot] = None
+                if refill and start(slot):
+                    restarted.append(slot)
+            if restarted:
+                policy.reset(restarted)
     finally:
         bar.close()
         for env in envs:
             env.close()
-    return results, videos
+    return results, [videos[i] for i in sorted(videos)]
 
 
 def save_video(frames: np.ndarray, path: Path, fps: int) -> Path:

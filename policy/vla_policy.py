@@ -8,6 +8,7 @@ Raw environment units in, raw units out. Heads see only normalized actions.
 """
 
 from collections import deque
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -15,12 +16,23 @@ from torch import nn
 
 from action_head import build_head
 from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
+from core.rng import Generators
 from encoders import StateEncoder, TextEncoder, VisionEncoder
 from envs.features import Features
 from fusion import Context, FusionTransformer
 from policy.action_queue import ActionQueue, TemporalEnsembler
 from policy.config import ModelConfig
 from policy.normalizer import Normalizer
+
+
+@dataclass
+class _RowState:
+    """What ``select_action`` remembers for one batch row (one env's episode)."""
+
+    history: deque  # of one-step observations {TASK, OBS_STATE (S,), OBS_IMAGE (N, 3, H, W)}
+    queue: ActionQueue
+    ensembler: TemporalEnsembler | None
+    pending: torch.Tensor | None = None  # this step's ensembled action
 
 
 class VLAPolicy(nn.Module):
@@ -52,13 +64,23 @@ class VLAPolicy(nn.Module):
         self.reset()
 
     # ---- inference-time state -------------------------------------------------------------
-    def reset(self) -> None:
-        """Forget the observation history and any queued actions (call at each episode start)."""
+    def reset(self, rows: list[int] | None = None) -> None:
+        """Forget observation history and queued actions: of every env (``rows=None``, at the start of a
+        batch of episodes), or of the given batch rows only (envs that just started a new episode while
+        the others go on)."""
+        if rows is None:
+            self._rows: list[_RowState] | None = None  # sized by the next select_action
+            return
+        if self._rows is None:
+            return
+        for i in rows:
+            self._rows[i] = self._new_row()
+
+    def _new_row(self) -> "_RowState":
         pc = self.config.policy
-        self._history: deque[dict] = deque(maxlen=pc.n_obs_steps)
-        self._queue = ActionQueue(pc.n_action_steps)
-        self._ensembler = (TemporalEnsembler(pc.ensemble, pc.chunk_size, pc.ensemble_coeff, pc.ensemble_k)
-                           if pc.ensemble != "none" else None)
+        ensembler = (TemporalEnsembler(pc.ensemble, pc.chunk_size, pc.ensemble_coeff, pc.ensemble_k)
+                     if pc.ensemble != "none" else None)
+        return _RowState(deque(maxlen=pc.n_obs_steps), ActionQueue(pc.n_action_steps), ensembler)
 
     # ---- model ----------------------------------------------------------------------------
     def _check_observation(self, obs: dict) -> None:
@@ -123,7 +145,7 @@ class VLAPolicy(nn.Module):
         return self.head.loss(context, targets, batch[ACTION_IS_PAD])
 
     @torch.no_grad()
-    def predict_action_chunk(self, obs: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict_action_chunk(self, obs: dict, generator: Generators = None) -> torch.Tensor:
         """Observation with a time axis -> (B, chunk_size, A) actions in raw env units.
 
         ``generator`` draws the sampling noise of stochastic heads (reproducible rollouts).
@@ -132,33 +154,49 @@ class VLAPolicy(nn.Module):
         chunk = self.head.predict(context, generator)
         return self._actions_out(obs, chunk)
 
-    def _stack_history(self, obs: dict) -> dict:
-        """Append a single-step observation to the history; repeat the first one until it is full."""
-        if not self._history:
-            self._history.extend([obs] * self._history.maxlen)
-        else:
-            self._history.append(obs)
-        stacked = {TASK: list(obs[TASK]), OBS_STATE: torch.stack([o[OBS_STATE] for o in self._history], dim=1)}
+    def _stack_history(self, rows: list[int]) -> dict:
+        """The observation histories of ``rows`` as a batch with a time axis."""
+        histories = [self._rows[i].history for i in rows]
+        stacked = {TASK: [h[-1][TASK] for h in histories],
+                   OBS_STATE: torch.stack([torch.stack([o[OBS_STATE] for o in h]) for h in histories])}
         if self.features.has_images:
-            stacked[OBS_IMAGE] = torch.stack([o[OBS_IMAGE] for o in self._history], dim=1)
+            stacked[OBS_IMAGE] = torch.stack([torch.stack([o[OBS_IMAGE] for o in h]) for h in histories])
         return stacked
 
     @torch.no_grad()
-    def select_action(self, obs: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+    def select_action(self, obs: dict, generator: Generators = None) -> torch.Tensor:
         """One control step. ``obs``: state (B, S), images (B, N_cam, 3, H, W), task list -> (B, A) raw.
 
-        Without ensembling the model runs once every ``n_action_steps`` calls; with it, every call.
+        Each row keeps its own history and queue (``reset(rows)`` restarts some). Without ensembling a
+        row is re-planned once every ``n_action_steps`` calls, with it every call; the rows due are
+        planned together in one batch. ``generator``: one for all rows, or one per row.
         """
         if self.training:
             raise RuntimeError("select_action needs eval mode: call policy.eval() first")
         if obs[OBS_STATE].dim() != 2:
             raise ValueError(f"select_action takes one step, {OBS_STATE} (B, S); got {tuple(obs[OBS_STATE].shape)}")
-        stacked = self._stack_history(obs)
-        if self._ensembler is not None:
-            return self._ensembler.update(self.predict_action_chunk(stacked, generator))
-        if self._queue.empty():
-            self._queue.push(self.predict_action_chunk(stacked, generator))
-        return self._queue.pop()
+        batch = obs[OBS_STATE].shape[0]
+        if self._rows is None:
+            self._rows = [self._new_row() for _ in range(batch)]
+        if len(self._rows) != batch:
+            raise ValueError(f"select_action got {batch} rows after {len(self._rows)}; call reset() for a new batch")
+        for i, row in enumerate(self._rows):
+            step = {TASK: obs[TASK][i], OBS_STATE: obs[OBS_STATE][i]}
+            if self.features.has_images:
+                step[OBS_IMAGE] = obs[OBS_IMAGE][i]
+            row.history.extend([step] * (row.history.maxlen if not row.history else 1))  # a new episode: repeat
+        due = [i for i, row in enumerate(self._rows) if row.ensembler is not None or row.queue.empty()]
+        if due:
+            if generator is not None and not isinstance(generator, torch.Generator):
+                generator = [generator[i] for i in due]
+            chunks = self.predict_action_chunk(self._stack_history(due), generator)
+            for i, chunk in zip(due, chunks):
+                row = self._rows[i]
+                if row.ensembler is not None:
+                    row.pending = row.ensembler.update(chunk[None])[0]
+                else:
+                    row.queue.push(chunk[None])
+        return torch.stack([row.pending if row.ensembler is not None else row.queue.pop()[0] for row in self._rows])
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable and frozen parameters (the frozen language model, kept on CPU, included)."""
