@@ -64,8 +64,10 @@ class AutoregressiveHead(ActionHead):
     so the model learns not to copy its previous tokens blindly.
 
     Prediction decodes exactly ``L`` tokens; the output layer covers only the ``n_bins`` bins
-    (the decoding constraint), and the tokens decode to bin centers. Decoding recomputes the whole
-    prefix each step (no KV cache): ``L`` is small (tens to a few hundred) and this stays readable.
+    (the decoding constraint), and the tokens decode to bin centers. Decoding keeps a key/value
+    cache: each step runs the layers on the newest token only, attending to the cached keys and
+    values of the earlier ones, and the memory's cross-attention keys and values are projected
+    once per chunk (``use_cache=False`` recomputes the whole prefix each step, for comparison).
 
     Gradient note: BOS and MASK are rows of the one token embedding table, so every parameter
     tensor gets a gradient from each loss; the MASK row itself only learns when
@@ -146,25 +148,80 @@ class AutoregressiveHead(ActionHead):
         return rng.multinomial(probs, generator)
 
     @torch.no_grad()
-    def generate_tokens(self, context: Context, generator: Generators = None) -> torch.Tensor:
+    def generate_tokens(self, context: Context, generator: Generators = None, use_cache: bool = True) -> torch.Tensor:
         """Decode exactly L = H*A tokens, each a bin id in [0, n_bins).
 
         Args:
             context: fused observation tokens, batch B.
             generator: randomness for sampling (``temperature > 0``); must live on the context's
                 device. Dropout follows the module's mode, so call ``eval()`` for reproducible output.
+            use_cache: decode with the key/value cache (the same tokens, far fewer operations).
         Returns:
             (B, L) long token ids, timestep-major.
         """
         memory, memory_pad = context.memory()
         tokens = torch.full((context.batch_size, 1), self.bos_id, dtype=torch.long, device=memory.device)
-        for _ in range(self.seq_len):
-            logits = self._logits(tokens, memory, memory_pad)[:, -1].float()
+        if not use_cache or self.training:  # dropout in the layers: only the reference path applies it
+            for _ in range(self.seq_len):
+                logits = self._logits(tokens, memory, memory_pad)[:, -1].float()
+                tokens = torch.cat([tokens, self._choose(logits, generator)[:, None]], dim=1)
+            return tokens[:, 1:]  # drop BOS
+        cache = _KVCache(self.decoder, memory, memory_pad)
+        for position in range(self.seq_len):
+            x = self.token_embedding(tokens[:, -1:]) + self.position_embedding[position]
+            logits = self.to_logits(cache.step(x))[:, -1].float()
             tokens = torch.cat([tokens, self._choose(logits, generator)[:, None]], dim=1)
-        return tokens[:, 1:]  # drop BOS
+        return tokens[:, 1:]
 
     @torch.no_grad()
     def predict(self, context: Context, generator: Generators = None) -> torch.Tensor:
         """(B, H, A) float32 chunk of bin centers, in [-1, 1]; greedy unless ``temperature > 0``."""
         tokens = self.generate_tokens(context, generator)
         return rearrange(self.tokenizer.decode(tokens), "b (h a) -> b h a", h=self.chunk_size)
+
+
+class _KVCache:
+    """Incremental decoding through a pre-norm ``nn.TransformerDecoder``, with its own weights.
+
+    Per layer it keeps the self-attention keys and values of the tokens seen so far and the
+    cross-attention keys and values of the memory (projected once). ``step`` runs one new token
+    (B, 1, D) through every layer, exactly as the full decoder computes that position in eval mode.
+    """
+
+    def __init__(self, decoder: nn.TransformerDecoder, memory: torch.Tensor, memory_pad: torch.Tensor):
+        self.decoder = decoder
+        self.keys: list[torch.Tensor | None] = [None] * len(decoder.layers)
+        self.values: list[torch.Tensor | None] = [None] * len(decoder.layers)
+        self.memory_kv = [self._project_kv(layer.multihead_attn, memory) for layer in decoder.layers]
+        self.memory_mask = memory_pad[:, None, None, :]  # (B, 1, 1, M), True = padding
+
+    @staticmethod
+    def _heads(attention: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "b t (h d) -> b h t d", h=attention.num_heads)
+
+    def _project_kv(self, attention: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = attention.embed_dim
+        w, b = attention.in_proj_weight, attention.in_proj_bias
+        k = F.linear(x, w[d:2 * d], b[d:2 * d])
+        v = F.linear(x, w[2 * d:], b[2 * d:])
+        return self._heads(attention, k), self._heads(attention, v)
+
+    def _attend(self, attention: nn.MultiheadAttention, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        d = attention.embed_dim
+        q = self._heads(attention, F.linear(x, attention.in_proj_weight[:d], attention.in_proj_bias[:d]))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else ~mask)
+        return attention.out_proj(rearrange(out, "b h t d -> b t (h d)"))
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D) embedded new token -> (B, 1, D) decoder output at its position (final norm applied)."""
+        for i, layer in enumerate(self.decoder.layers):
+            h = layer.norm1(x)
+            k, v = self._project_kv(layer.self_attn, h)
+            if self.keys[i] is not None:
+                k, v = torch.cat([self.keys[i], k], dim=2), torch.cat([self.values[i], v], dim=2)
+            self.keys[i], self.values[i] = k, v
+            x = x + self._attend(layer.self_attn, h, k, v, None)  # the newest token sees every cached one
+            x = x + self._attend(layer.multihead_attn, layer.norm2(x), *self.memory_kv[i], self.memory_mask)
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        return self.decoder.norm(x)

@@ -177,3 +177,26 @@ def test_overfits_one_chunk_and_greedy_decoding_reproduces_it():
     assert torch.equal(head.generate_tokens(context), head.tokenizer.encode(target).reshape(1, H * A))
     error = (head.predict(context) - target).abs().max().item()
     assert error <= head.tokenizer.bin_width / 2 + 1e-6
+
+
+# --- key/value cache ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cached_decoding_gives_the_uncached_tokens(temperature: float):
+    """The KV-cached decoder emits the tokens of the full-prefix reference, greedy and sampled, and its
+    logits at every position match the full decoder's (two layers, a padded memory token)."""
+    head = make_head(n_layers=2, temperature=temperature).eval()
+    context = make_context(seed=3)
+    cached = head.generate_tokens(context, torch.Generator().manual_seed(5))
+    reference = head.generate_tokens(context, torch.Generator().manual_seed(5), use_cache=False)
+    assert torch.equal(cached, reference)
+
+    from action_head.autoregressive import _KVCache
+
+    memory, memory_pad = context.memory()
+    inputs = torch.cat([torch.full((B, 1), head.bos_id), reference[:, :-1]], dim=1)
+    full = head._logits(inputs, memory, memory_pad)
+    cache = _KVCache(head.decoder, memory, memory_pad)
+    steps = [head.to_logits(cache.step(head.token_embedding(inputs[:, t:t + 1]) + head.position_embedding[t]))
+             for t in range(head.seq_len)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
