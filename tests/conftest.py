@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from data.synthetic import synthetic_batch, unit_normalizer_stats  # noqa: E402
+from encoders.tiny_text import save_tiny_text_model  # noqa: E402
 from envs.features import Features  # noqa: E402
 from experiment.config import Config, load_config  # noqa: E402
 
@@ -32,42 +33,10 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _loopback_only_connect)
 
 
-TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "reach", "the", "goal", "push", "block", "to",
-              "target", "open", "drawer", "pick", "place", "a", "red", "ball", "T"]
-
-
-def tiny_tokenizer():
-    """A BERT-style WordPiece tokenizer over TINY_VOCAB, built with the tokenizers library.
-
-    Built from a tokenizers object rather than ``DistilBertTokenizerFast(vocab_file=...)``: newer
-    transformers (5.x) ignore that argument and map every word to [UNK], which would give every
-    instruction the same embedding.
-    """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import DistilBertTokenizerFast
-
-    vocab = {word: i for i, word in enumerate(TINY_VOCAB)}
-    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=False)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    return DistilBertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-
-
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory) -> str:
     """Directory of a random 1-layer DistilBERT (hidden 32) with a 20-word vocabulary."""
-    from transformers import DistilBertConfig, DistilBertModel
-
-    directory = tmp_path_factory.mktemp("tiny_distilbert")
-    torch.manual_seed(0)
-    config = DistilBertConfig(vocab_size=len(TINY_VOCAB), dim=32, n_layers=1, n_heads=2, hidden_dim=64,
-                              max_position_embeddings=64)
-    DistilBertModel(config).save_pretrained(directory)
-    tiny_tokenizer().save_pretrained(directory)
-    return str(directory)
+    return save_tiny_text_model(tmp_path_factory.mktemp("tiny_distilbert"))
 
 
 def small_config(text_model: str, head: str = "regression", overrides: list[str] | None = None) -> Config:

@@ -94,3 +94,13 @@ def test_learning_curve_reads_samples_and_training_minutes(tmp_path):
     assert training_minutes(run) == {100: pytest.approx(1.5), 200: pytest.approx(3.0), 300: pytest.approx(4.5)}
     plot_runs([run], tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+def test_gpu_check_runs_on_the_cpu_as_a_smoke_run(tiny_text_model):
+    """The GPU check's measurement loop, on the CPU (no memory numbers there): every field is filled."""
+    from benchmarks.gpu_check import check
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "pusht.yaml")
+    row = check(config, "flow", tiny_text_model, torch.device("cpu"), steps=2)
+    assert row["batch"] == 64 and row["samples_per_s"] > 0 and row["fits"] == "-"
+    assert 0 < row["plan_p50"] <= row["plan_p95"] and row["period_ms"] == 100.0

@@ -1,0 +1,113 @@
+"""The laptop-GPU promise, checked in a few minutes: training fits in 1 GiB, its speed, and re-plan latency.
+
+    python -m benchmarks.gpu_check [--steps 200] [--device cuda]      # benchmarks/gpu_check.sh sets up first
+
+For the reach and PushT configs and every head: ``--steps`` training steps (bf16 autocast, AdamW) on
+synthetic batches of the config's shapes and batch size, then peak ``torch.cuda.max_memory_allocated``
+against the 1 GiB budget, steady-state samples/s, and ``select_action`` re-plan latency at batch 1
+(p50 / p95) against the env's control period. No dataset or hub model is needed: the text encoder
+is a tiny random DistilBERT (frozen, run once per instruction, so it changes none of these numbers).
+"""
+
+import argparse
+import contextlib
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from action_head import HEADS
+from core.errors import ArgumentParser, UserError, positive_int, run_main
+from core.keys import OBS_IMAGE, OBS_STATE, TASK
+from data.synthetic import synthetic_batch, unit_normalizer_stats
+from encoders.tiny_text import save_tiny_text_model
+from envs import benchmark, features_for
+from experiment.config import load_config
+from policy.vla_policy import VLAPolicy
+
+CONFIGS = ("configs/metaworld_reach.yaml", "configs/pusht.yaml")
+BUDGET_BYTES = 2**30
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def check(config_path: str, head: str, text_model: str, device: torch.device, steps: int) -> dict:
+    config = load_config(config_path, [f"text.model_name={text_model}", f"action_head.type={head}"])
+    features = features_for(config.env)
+    torch.manual_seed(0)
+    policy = VLAPolicy(config.model, features)
+    policy.normalizer.fit(unit_normalizer_stats(features))
+    policy.to(device).train()
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.train.lr)
+    batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size,
+                            device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.train.precision == "bf16"
+                else contextlib.nullcontext())
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    warmup = min(10, steps // 2)
+    for step in range(steps):
+        if step == warmup:
+            sync(device)
+            start = time.perf_counter()
+        with autocast:
+            loss, _ = policy(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    sync(device)
+    samples_per_s = (steps - warmup) * config.train.batch_size / (time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
+
+    policy.eval()
+    one = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, 1, device)
+    obs = {OBS_STATE: one[OBS_STATE][:, 0], TASK: one[TASK]}
+    if features.has_images:
+        obs[OBS_IMAGE] = one[OBS_IMAGE][:, 0]
+    plans = []
+    for call in range(25):
+        policy.reset()
+        sync(device)
+        start = time.perf_counter()
+        with autocast:
+            policy.select_action(obs)  # an empty queue: this call re-plans
+        sync(device)
+        if call >= 5:
+            plans.append(time.perf_counter() - start)
+    p50, p95 = (float(np.percentile(plans, q)) * 1e3 for q in (50, 95))
+    return {"config": config_path, "head": head, "batch": config.train.batch_size, "samples_per_s": samples_per_s,
+            "peak_mib": peak / 2**20, "fits": "-" if device.type != "cuda" else ("yes" if peak <= BUDGET_BYTES else "NO"), "plan_p50": p50, "plan_p95": p95,
+            "period_ms": 1000 / benchmark(config.env.name).fps}
+
+
+def main() -> None:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=positive_int, default=200, help="training steps per config and head")
+    parser.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (cpu: a smoke run, no memory numbers)")
+    parser.add_argument("--heads", nargs="+", default=HEADS.names(), choices=HEADS.names())
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("no CUDA device here; run on a GPU machine, or --device cpu for a smoke run")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; torch {torch.__version__}; {args.steps} steps per row, bf16 where the config says")
+    print("| config | head | batch | samples/s | peak memory (MiB) | fits 1 GiB | re-plan p50 / p95 (ms) | "
+          "control period (ms) |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        text_model = save_tiny_text_model(tmp)
+        for config_path in CONFIGS:
+            for head in args.heads:
+                r = check(config_path, head, text_model, device, args.steps)
+                print(f"| {r['config']} | {r['head']} | {r['batch']} | {r['samples_per_s']:.0f} | "
+                      f"{r['peak_mib']:.0f} | {r['fits']} | {r['plan_p50']:.1f} / "
+                      f"{r['plan_p95']:.1f} | {r['period_ms']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)
