@@ -11,7 +11,6 @@ Synthetic inputs of each config's shapes; no data or environment is needed. Abou
 """
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     heads = HEADS.names()
     steps, calls = (2, 16) if args.quick else (6, 200)
-    sections = [f"# EasyVLA benchmarks\n\n{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or 'cpu'}, "
+    sections = [f"# EasyVLA benchmarks\n\n{time.strftime('%Y-%m-%d %H:%M')}, {throughput.cpu_description()}, "
                 f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU. Overrides: "
                 f"{' '.join(args.set) or 'none'}."]
 

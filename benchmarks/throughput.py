@@ -6,11 +6,14 @@ For each head and precision: steady-state samples per second of a full training 
 backward, AdamW) on synthetic data of the config's shapes; model FLOPs per sample counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention; forward and
 backward); and their product as a fraction of the matmul peak of the same dtype, measured in the
-same run (a large square ``torch.mm``), since this machine is shared and noisy.
+same run, robustly (the best over several GEMM shapes, the model's own among them, each warmed up
+and repeated; once per process), since this machine is shared and noisy. Compare speeds only
+within one run on one machine: ``python -m benchmarks.compare`` times two checkouts back to back.
 """
 
 import argparse
 import contextlib
+import functools
 import time
 from dataclasses import dataclass
 
@@ -30,16 +33,44 @@ from policy.vla_policy import VLAPolicy
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_peak(precision: str, size: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of a square matmul in ``precision`` on the current threads (the achievable roof)."""
-    a, b = (torch.randn(size, size).to(DTYPES[precision]) for _ in range(2))
-    torch.mm(a, b)  # warm-up: kernels chosen, pages touched
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+# GEMM shapes (M, K, N) to measure the peak on: large squares, and the model's own matmuls at
+# batch 64 (fusion FFN on 64 x 36 tokens at width 256, attention projections, the head's MLP).
+PEAK_SHAPES = ((2048, 2048, 2048), (1024, 1024, 1024), (2304, 256, 1024), (2304, 1024, 256), (2304, 256, 768),
+               (64, 512, 512))
+
+
+@functools.cache
+def matmul_peak(precision: str, repeats: int = 7) -> float:
+    """The achievable matmul roof in ``precision`` on the current threads: the best FLOP/s over
+    ``PEAK_SHAPES``, each warmed up and timed ``repeats`` times. Measured once per process."""
+    best_rate = 0.0
+    for m, k, n in PEAK_SHAPES:
+        a, b = torch.randn(m, k).to(DTYPES[precision]), torch.randn(k, n).to(DTYPES[precision])
+        for _ in range(3):  # warm-up: kernels chosen, pages touched, clocks up
+            torch.mm(a, b)
+        inner = max(1, int(2e9 / (2 * m * k * n)))  # about 2 GFLOP per timing, so small shapes time well
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(inner):
+                torch.mm(a, b)
+            best_rate = max(best_rate, inner * 2 * m * k * n / (time.perf_counter() - start))
+    return best_rate
+
+
+def cpu_description() -> str:
+    """CPU model and its matrix instruction sets, from /proc/cpuinfo (Linux), for benchmark headers."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    isa = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX BF16"),
+                                   ("amx_tile", "AMX tiles")) if flag in flags]
+    return f"{model} ({', '.join(isa) or 'no AVX-512'})"
 
 
 def build(config: Config):
@@ -131,7 +162,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed training steps per measurement")
     parser.add_argument("--profile", action="store_true", help="also profile the first head in bf16")
     args = parser.parse_args()
-    print(f"{args.config}, {torch.get_num_threads()} threads, cpu")
+    print(f"{args.config}, {torch.get_num_threads()} threads, {cpu_description()}")
     print(throughput_table(args.config, args.set, args.heads, args.precisions, args.steps), flush=True)
     if args.profile:
         config = load_config(args.config, [*args.set, f"action_head.type={args.heads[0]}", "train.precision=bf16"])
