@@ -17,7 +17,6 @@ eval_results.json (the held-out evaluation of the best checkpoint, at the end).
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import time
@@ -40,6 +39,7 @@ from data.provision import ensure_dataset
 from envs import Features, benchmark, features_for
 from evaluation.run import evaluate_policy, format_table
 from experiment.config import Config, checkpoint_config, load_config
+from experiment.optim import make_optimizer, make_scheduler
 from policy.checkpoint import load_policy, load_weights, remove_stale_temporaries, save_policy
 from policy.ema import EMA
 from policy.vla_policy import VLAPolicy
@@ -140,14 +140,6 @@ class StepBatchSampler:
 
     def __len__(self) -> int:
         return self.stop - self.start
-
-
-def warmup_cosine(warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return factor
 
 
 def save_checkpoint(directory: Path, policy: VLAPolicy, config: Config, optimizer, scheduler, ema: EMA | None,
@@ -309,8 +301,8 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     log(f"batch: {config.train.batch_size} per process x {info.world_size} process(es) = "
         f"{config.train.batch_size * info.world_size} effective")
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps, config.train.steps))
+    optimizer = make_optimizer(trainable, config.train)
+    scheduler = make_scheduler(optimizer, config.train)
     ema = EMA(policy, config.train.ema_decay) if config.train.ema_decay > 0 else None
     start_step, best, seconds_before = 0, -1.0, 0.0  # seconds: training wall clock of earlier (resumed) runs
     if args.resume:

@@ -24,6 +24,7 @@ from data.synthetic import synthetic_batch, unit_normalizer_stats
 from encoders.tiny_text import save_tiny_text_model
 from envs import benchmark, features_for
 from experiment.config import load_config
+from experiment.optim import make_optimizer
 from policy.vla_policy import VLAPolicy
 
 CONFIGS = ("configs/metaworld_reach.yaml", "configs/pusht.yaml")
@@ -42,7 +43,7 @@ def check(config_path: str, head: str, text_model: str, device: torch.device, st
     policy = VLAPolicy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
     policy.to(device).train()
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.train.lr)
+    optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], config.train)
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size,
                             device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.train.precision == "bf16"

@@ -22,6 +22,7 @@ from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import features_for
 from envs.features import Features
 from experiment.config import Config, load_config
+from experiment.optim import make_optimizer
 from policy.vla_policy import VLAPolicy
 
 BUDGET_BYTES = 2**30
@@ -59,7 +60,7 @@ def measure(config: Config, features: Features | None = None, device: str | None
         policy.to(memory_format=torch.channels_last)
     counts = policy.parameter_counts()
     lm_bytes = sum(p.numel() * p.element_size() for p in policy.text.language_model.parameters())
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.train.lr)
+    optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], config.train)
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size,
                             device)
     policy.text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps

@@ -28,6 +28,7 @@ from core.keys import TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import features_for
 from experiment.config import Config, load_config
+from experiment.optim import make_optimizer
 from policy.vla_policy import VLAPolicy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -81,7 +82,7 @@ def build(config: Config):
     policy.train()
     if config.train.channels_last:
         policy.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.train.lr)
+    optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], config.train)
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size)
     policy.text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
     return policy, optimizer, batch
