@@ -2,14 +2,14 @@
 
 It sits above everything it assembles; each section's class lives with its owner:
 
+    policy       policy.PolicyConfig      (chunking, normalization, ensembling)  }
+    vision       encoders.VisionConfig                                           }  policy.ModelConfig:
+    text         encoders.TextConfig                                             }  what a policy is
+    state        encoders.StateConfig                                            }  built from
+    fusion       fusion.FusionConfig                                             }
+    action_head  one of action_head.HEADS, chosen by its ``type``                }
     seed, device
     env          envs.EnvConfig
-    policy       policy.PolicyConfig      (chunking, normalization, ensembling)
-    vision       encoders.VisionConfig
-    text         encoders.TextConfig
-    state        encoders.StateConfig
-    fusion       fusion.FusionConfig
-    action_head  one of action_head.HEADS, chosen by its ``type``
     data         data.DataConfig
     train        TrainConfig (here: train.py is a script)
     eval         evaluation.EvalConfig
@@ -19,18 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from action_head import HEADS, head_config_class
-from action_head.base import HeadConfig
 from action_head.diffusion import DiffusionHeadConfig
 from core.configuration import ConfigError, apply_overrides, doc_field, from_dict, load_yaml
 from core.errors import DamagedFileError
 from data.config import DataConfig
-from encoders import StateConfig, TextConfig, VisionConfig
 from envs import EnvConfig
 from evaluation.config import EvalConfig
-from fusion import FusionConfig
 from policy.checkpoint import CONFIG, read_meta
-from policy.config import MODEL_SECTIONS, ModelConfig, PolicyConfig
+from policy.config import MODEL_SECTIONS, ModelConfig
 
 
 @dataclass
@@ -71,24 +67,19 @@ class TrainConfig:
 
 
 @dataclass
-class Config:
+class Config(ModelConfig):
+    """The model's sections (``ModelConfig``: policy, vision, text, state, fusion, action_head) and the run's."""
+
     seed: int = doc_field(0, "seed for data order, initialization, augmentation and sampling")
     device: str = doc_field("auto", "auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")
     env: EnvConfig = doc_field(default_factory=EnvConfig, doc="environment and its observation shapes")
-    policy: PolicyConfig = doc_field(default_factory=PolicyConfig, doc="chunking, normalization, ensembling")
-    vision: VisionConfig = doc_field(default_factory=VisionConfig, doc="ResNet18 image tokens")
-    text: TextConfig = doc_field(default_factory=TextConfig, doc="frozen language encoder")
-    state: StateConfig = doc_field(default_factory=StateConfig, doc="robot-state MLP")
-    fusion: FusionConfig = doc_field(default_factory=FusionConfig, doc="scene self-attention + state cross-attention")
-    action_head: HeadConfig = doc_field(default_factory=DiffusionHeadConfig, doc="the action head, by type",
-                                        polymorphic=head_config_class, choices=HEADS.names)
     data: DataConfig = doc_field(default_factory=DataConfig, doc="where demonstrations come from")
     train: TrainConfig = doc_field(default_factory=TrainConfig, doc="optimization")
     eval: EvalConfig = doc_field(default_factory=EvalConfig, doc="closed-loop evaluation")
 
     @property
     def model(self) -> ModelConfig:
-        """The sections the policy is built from."""
+        """The sections the policy is built from, as a ``ModelConfig`` of their own."""
         return ModelConfig(**{name: getattr(self, name) for name in MODEL_SECTIONS})
 
 
