@@ -41,7 +41,8 @@ def find_checkpoint(path: Path | None, env: str, runs_dir: Path) -> Path:
         except (ValueError, KeyError, TypeError):  # a damaged checkpoint is not a candidate
             continue
     if not found:
-        raise MissingResourceError(f"no {env} checkpoint under {runs_dir}/; train one first ({benchmark(env).train_command}) "
+        raise MissingResourceError(f"no {env} checkpoint under {runs_dir}/; train one first "
+                                   f"({benchmark(env).train_command}) "
                                    "or pass --checkpoint RUN_DIR")
     newest_run = max({c.parent.parent for c in found}, key=lambda run: run.stat().st_mtime)
     best = newest_run / "checkpoints" / "best"

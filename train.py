@@ -162,7 +162,8 @@ class NonFiniteStep(Exception):
 
 
 def train_step(model, policy: VLAPolicy, batch: dict, device: torch.device, autocast, optimizer, scheduler,
-               ema: EMA | None, trainable: list, grad_clip: float) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+               ema: EMA | None, trainable: list, grad_clip: float
+               ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """One update (LeRobot's ``update_policy``): forward, backward, clip, optimizer and schedule, EMA.
 
     Returns (loss, metrics, gradient norm). Raises NonFiniteStep before touching the weights when the
@@ -211,6 +212,16 @@ def load_data(config: Config, features: Features, info: DistInfo) -> tuple[Chunk
         raise DamagedFileError(f"dataset {store.root} has {store.features}, the config describes {features}; "
                                "delete that folder to rebuild it")
     return ChunkDataset(store, config.policy.n_obs_steps, config.policy.chunk_size, episodes), stats
+
+
+def make_loader(dataset: ChunkDataset, config: Config, start_step: int, info: DistInfo,
+                device: torch.device) -> DataLoader:
+    """Batches from ``start_step`` on; batch ``step`` depends only on (seed, step) (exact resume)."""
+    sampler = StepBatchSampler(len(dataset), config.train.batch_size, config.seed, start_step, config.train.steps,
+                               info.rank, info.world_size)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=config.train.num_workers,
+                      pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
 
 
 def restore_training_state(checkpoint: Path, policy: VLAPolicy, optimizer, scheduler, ema: EMA | None,
@@ -314,11 +325,7 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
         model = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(config.seed * 1_000_003 + 7919 * info.rank + start_step)  # own noise per rank
 
-    loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), config.train.batch_size, config.seed,
-                                                                start_step, config.train.steps, info.rank,
-                                                                info.world_size),
-                        num_workers=config.train.num_workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
+    loader = make_loader(dataset, config, start_step, info, device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.train.precision == "bf16"
                 else contextlib.nullcontext())
     writer = SummaryWriter(run_dir / "tb") if info.is_main else None
@@ -368,8 +375,8 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
                            f"{metric:.2f} (best {max(best, metric):.2f})")
                 if metric >= best:  # a tie goes to the later, longer-trained checkpoint
                     best = metric
-                    save_checkpoint(run_dir / "checkpoints" / "best", policy, config, optimizer, scheduler, ema, step, best,
-                                    elapsed(), info.world_size)
+                    save_checkpoint(run_dir / "checkpoints" / "best", policy, config, optimizer, scheduler, ema,
+                                    step, best, elapsed(), info.world_size)
             minutes = (time.monotonic() - last_saved["time"]) / 60
             if (step % config.train.save_every == 0 or step == config.train.steps
                     or (config.train.save_minutes and minutes >= config.train.save_minutes)):

@@ -81,8 +81,9 @@ def check(config_path: str, head: str, text_model: str, device: torch.device, st
         if call >= 5:
             plans.append(time.perf_counter() - start)
     p50, p95 = (float(np.percentile(plans, q)) * 1e3 for q in (50, 95))
+    fits = "-" if device.type != "cuda" else ("yes" if peak <= BUDGET_BYTES else "NO")
     return {"config": config_path, "head": head, "batch": config.train.batch_size, "samples_per_s": samples_per_s,
-            "peak_mib": peak / 2**20, "fits": "-" if device.type != "cuda" else ("yes" if peak <= BUDGET_BYTES else "NO"), "plan_p50": p50, "plan_p95": p95,
+            "peak_mib": peak / 2**20, "fits": fits, "plan_p50": p50, "plan_p95": p95,
             "period_ms": 1000 / benchmark(config.env.name).fps}
 
 

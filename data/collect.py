@@ -108,7 +108,8 @@ class MetaWorldExperts(DatasetProvider):
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_config_arguments(set_help="overrides of the env and data sections, e.g. env.cameras=[corner]")
-    parser.add_argument("--episodes", type=positive_int, default=None, help="per task (default: data.episodes_per_task)")
+    parser.add_argument("--episodes", type=positive_int, default=None,
+                        help="per task (default: data.episodes_per_task)")
     args = parser.parse_args()
     # Only the env and data sections matter here; train.py validates the whole config.
     raw = apply_overrides(load_yaml(args.config), args.set)

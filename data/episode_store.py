@@ -44,7 +44,8 @@ class EpisodeWriter:
         if meta_path.exists():
             existing = json.loads(meta_path.read_text())
             if Features.from_json(existing["features"]) != features:
-                raise ValueError(f"{self.root} holds data with features {existing['features']}, not {features.to_json()}; "
+                raise ValueError(f"{self.root} holds data with features {existing['features']}, not "
+                                 f"{features.to_json()}; "
                                  "use another directory for a different camera set or state variant")
         else:
             atomic_write(meta_path, json.dumps(meta, indent=2))

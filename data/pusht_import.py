@@ -101,7 +101,8 @@ def _import(zarr_path: str | Path, out_root: Path, state: str, with_images: bool
     n_episodes = len(ends) if max_episodes is None else min(max_episodes, len(ends))
     features = features_for(EnvConfig(name=PushT.name, tasks=[TASK_NAME], cameras=list(CAMERAS) if with_images else [],
                                       image_size=NATIVE_IMAGE_SIZE, state=state))
-    writer = EpisodeWriter(out_root, features, fps=PushT.fps, source=f"Diffusion Policy PushT demonstrations ({ZARR_NAME})")
+    writer = EpisodeWriter(out_root, features, fps=PushT.fps,
+                           source=f"Diffusion Policy PushT demonstrations ({ZARR_NAME})")
     done = writer.episode_index()
     if len(done) > len(ends):
         raise ValueError(f"{out_root} already holds {len(done)} episodes but {zarr_path} has only {len(ends)}; "
@@ -251,7 +252,8 @@ class PushTDemonstrations(DatasetProvider):
             store = EpisodeStore(root)
         except FileNotFoundError:
             zarr_path = find_pusht_data(data.path or None, Path(data.root).expanduser() / "downloads")
-            store = import_pusht_zarr(zarr_path, root, state=env.state, with_images=bool(env.cameras), progress=progress)
+            store = import_pusht_zarr(zarr_path, root, state=env.state, with_images=bool(env.cameras),
+                                      progress=progress)
         return store, list(range(store.num_episodes))
 
 

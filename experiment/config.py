@@ -102,4 +102,5 @@ def checkpoint_config(directory: str | Path) -> Config:
     try:
         return from_dict(Config, config)
     except ConfigError as error:
-        raise DamagedFileError(f"{Path(directory) / CONFIG} holds a config this version cannot load ({error})") from None
+        raise DamagedFileError(f"{Path(directory) / CONFIG} holds a config this version cannot load "
+                               f"({error})") from None

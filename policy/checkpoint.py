@@ -135,7 +135,8 @@ def load_model_config_and_features(directory: str | Path) -> tuple[ModelConfig, 
     try:
         return from_dict(ModelConfig, sections), Features.from_json(meta["features"])
     except ConfigError as error:
-        raise DamagedFileError(f"{Path(directory) / CONFIG} holds a config this version cannot load ({error})") from None
+        raise DamagedFileError(f"{Path(directory) / CONFIG} holds a config this version cannot load "
+                               f"({error})") from None
 
 
 def load_weights(policy: VLAPolicy, directory: str | Path) -> None:

@@ -84,7 +84,8 @@ def test_install_puts_no_generic_name_on_the_import_path(tmp_path):
     import json
 
     origins = json.loads(out.stdout)
-    inside = {name: origin for name, origin in origins.items() if origin and Path(origin).resolve().is_relative_to(REPO)}
+    inside = {name: origin for name, origin in origins.items()
+              if origin and Path(origin).resolve().is_relative_to(REPO)}
     assert not inside, f"importable from outside the repository: {inside}"
 
 
