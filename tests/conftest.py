@@ -11,7 +11,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from data.synthetic import synthetic_batch, unit_normalizer_stats  # noqa: E402
 from encoders.tiny_text import save_tiny_text_model  # noqa: E402
