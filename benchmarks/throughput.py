@@ -41,11 +41,11 @@ PEAK_SHAPES = ((2048, 2048, 2048), (1024, 1024, 1024), (2304, 256, 1024), (2304,
 
 
 @functools.cache
-def matmul_peak(precision: str, repeats: int = 7) -> float:
+def matmul_peak(precision: str, repeats: int = 7, shapes: tuple = PEAK_SHAPES) -> float:
     """The achievable matmul roof in ``precision`` on the current threads: the best FLOP/s over
-    ``PEAK_SHAPES``, each warmed up and timed ``repeats`` times. Measured once per process."""
+    ``shapes`` (M, K, N), each warmed up and timed ``repeats`` times. Measured once per process."""
     best_rate = 0.0
-    for m, k, n in PEAK_SHAPES:
+    for m, k, n in shapes:
         a, b = torch.randn(m, k).to(DTYPES[precision]), torch.randn(k, n).to(DTYPES[precision])
         for _ in range(3):  # warm-up: kernels chosen, pages touched, clocks up
             torch.mm(a, b)

@@ -22,7 +22,8 @@ def evaluate_policy(policy: VLAPolicy, env: EnvConfig, split: str = "eval", epis
 
     Returns:
         {"split", "tasks": {task: summary}, "overall": summary pooled over tasks}, where a summary has
-        success_rate, ci95_low/high, mean_steps_to_success (and coverage for PushT), plus the episodes.
+        success_rate, ci95_low/high, mean_steps_to_success (and coverage for PushT), plus the episodes
+        and the videos' paths relative to the run directory (``video_dir``'s parent).
     """
     tasks, pooled = {}, []
     video_frames: list[np.ndarray] = []
@@ -38,9 +39,9 @@ def evaluate_policy(policy: VLAPolicy, env: EnvConfig, split: str = "eval", epis
         tasks[task] = {**summarize(results), "episodes_detail": results}
         pooled += results
         if video_dir is not None:
-            for i, frames in enumerate(task_videos):
-                tasks[task].setdefault("videos", []).append(
-                    str(save_video(frames, video_dir / f"{task}_{i:02d}", spec.fps)))
+            for i, frames in enumerate(task_videos):  # recorded relative to the run directory
+                path = save_video(frames, video_dir / f"{task}_{i:02d}", spec.fps)
+                tasks[task].setdefault("videos", []).append(f"{video_dir.name}/{path.name}")
         video_frames += task_videos
     overall = summarize(pooled)
     overall["mean_task_success"] = float(np.mean([t["success_rate"] for t in tasks.values()]))

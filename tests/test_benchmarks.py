@@ -65,7 +65,7 @@ def test_flop_count_is_per_sample_and_covers_the_model(tiny_text_model):
 def test_matmul_peak_is_a_plausible_rate():
     from benchmarks.throughput import matmul_peak
 
-    peak = matmul_peak("fp32", size=256, repeats=2)
+    peak = matmul_peak("fp32", repeats=2, shapes=((256, 256, 256),))
     assert 1e8 < peak < 1e13  # 0.1 GFLOP/s .. 10 TFLOP/s on any CPU this runs on
 
 

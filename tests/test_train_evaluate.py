@@ -210,3 +210,4 @@ def test_pusht_trains_from_a_zarr_and_evaluates(tmp_path, tiny_text_model, monke
     assert [e["seed"] for e in result["episodes_detail"]] == [1000, 1001]  # the benchmark's seeds
     assert {"mean_max_reward", "mean_max_coverage", "mean_final_coverage", "ci95_low"} <= set(result)
     assert list(run.glob("videos_eval_*/pusht_00.*"))
+    assert all((run / video).is_file() for video in result["videos"])  # recorded relative to the run
