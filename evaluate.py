@@ -87,7 +87,7 @@ def main() -> None:
             print(f"note: {untrained} not among the training tasks {config.env.tasks} (zero-shot)")
         config.env.tasks = list(args.task)
     policy = load_policy(checkpoint, device)
-    print(f"checkpoint {checkpoint}: {config.action_head.type} head, tasks {config.env.tasks}")
+    print(f"checkpoint {checkpoint}: {config.model_summary()}, tasks {config.env.tasks}")
     # Results go into the run (runs/NAME/ for runs/NAME/checkpoints/best), else beside the checkpoint.
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
     stamp = time.strftime("%Y%m%d-%H%M%S")

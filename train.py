@@ -42,7 +42,7 @@ from experiment.config import Config, checkpoint_config, load_config
 from experiment.optim import make_optimizer, make_scheduler
 from policy.checkpoint import load_policy, load_weights, remove_stale_temporaries, save_policy
 from policy.ema import EMA
-from policy.vla_policy import VLAPolicy
+from policy.backbones import Policy, build_policy
 
 TRAINING_STATE = "training_state.pt"
 # What --resume RUN --set may change: the budget and bookkeeping, not the model, data or optimizer.
@@ -142,7 +142,7 @@ class StepBatchSampler:
         return self.stop - self.start
 
 
-def save_checkpoint(directory: Path, policy: VLAPolicy, config: Config, optimizer, scheduler, ema: EMA | None,
+def save_checkpoint(directory: Path, policy: Policy, config: Config, optimizer, scheduler, ema: EMA | None,
                     step: int, best: float, seconds: float, world_size: int) -> None:
     """The weights to evaluate (EMA if enabled) plus everything --resume needs, atomically."""
     state = {"step": step, "best_val_metric": best, "train_seconds": seconds, "world_size": world_size,
@@ -161,7 +161,7 @@ class NonFiniteStep(Exception):
     """The loss or gradient norm of a step is NaN or inf; raised before the optimizer step."""
 
 
-def train_step(model, policy: VLAPolicy, batch: dict, device: torch.device, autocast, optimizer, scheduler,
+def train_step(model, policy: Policy, batch: dict, device: torch.device, autocast, optimizer, scheduler,
                ema: EMA | None, trainable: list, grad_clip: float
                ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """One update (LeRobot's ``update_policy``): forward, backward, clip, optimizer and schedule, EMA.
@@ -224,7 +224,7 @@ def make_loader(dataset: ChunkDataset, config: Config, start_step: int, info: Di
                       generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
 
 
-def restore_training_state(checkpoint: Path, policy: VLAPolicy, optimizer, scheduler, ema: EMA | None,
+def restore_training_state(checkpoint: Path, policy: Policy, optimizer, scheduler, ema: EMA | None,
                            world_size: int) -> tuple[int, float, float]:
     """Load weights, optimizer, schedule, EMA and RNG from ``checkpoint``: -> (step, best metric, seconds)."""
     state = load_training_state(checkpoint)
@@ -246,7 +246,7 @@ def restore_training_state(checkpoint: Path, policy: VLAPolicy, optimizer, sched
     return state["step"], best, state.get("train_seconds", 0.0)  # seconds: absent in early checkpoints
 
 
-def validate(policy: VLAPolicy, config: Config, ema: EMA | None, writer: SummaryWriter, step: int) -> float:
+def validate(policy: Policy, config: Config, ema: EMA | None, writer: SummaryWriter, step: int) -> float:
     """Roll out on validation layouts/seeds; returns the number that picks 'best' (higher is better)."""
     with ema.applied(policy) if ema else contextlib.nullcontext():
         result = evaluate_policy(policy, config.env, split="val", episodes=config.eval.val_episodes,
@@ -298,7 +298,7 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
 
     # The model first: a missing text model or weights file stops the run before any long data work.
     features = features_for(config.env)
-    policy = VLAPolicy(config.model, features)
+    policy = build_policy(config.model, features)
 
     dataset, stats = load_data(config, features, info)
     log(f"data: {dataset.store.root} ({len(dataset.episodes)} episodes, {len(dataset)} samples)")
@@ -308,7 +308,7 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
         policy.to(memory_format=torch.channels_last)
     counts = policy.parameter_counts()
     log(f"policy: {counts['trainable'] / 1e6:.2f}M trainable, {counts['frozen'] / 1e6:.2f}M frozen parameters; "
-        f"head {config.action_head.type}; device {device}")
+        f"{config.model_summary()}; device {device}")
     log(f"batch: {config.train.batch_size} per process x {info.world_size} process(es) = "
         f"{config.train.batch_size * info.world_size} effective")
     trainable = [p for p in policy.parameters() if p.requires_grad]

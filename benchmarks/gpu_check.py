@@ -25,7 +25,7 @@ from encoders.tiny_text import save_tiny_text_model
 from envs import benchmark, features_for
 from experiment.config import load_config
 from experiment.optim import make_optimizer
-from policy.vla_policy import VLAPolicy
+from policy.backbones import build_policy
 
 CONFIGS = ("configs/metaworld_reach.yaml", "configs/pusht.yaml")
 BUDGET_BYTES = 2**30
@@ -40,7 +40,7 @@ def check(config_path: str, head: str, text_model: str, device: torch.device, st
     config = load_config(config_path, [f"text.model_name={text_model}", f"action_head.type={head}"])
     features = features_for(config.env)
     torch.manual_seed(0)
-    policy = VLAPolicy(config.model, features)
+    policy = build_policy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
     policy.to(device).train()
     optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], config.train)

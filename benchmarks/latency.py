@@ -20,7 +20,7 @@ from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import benchmark, features_for
 from experiment.config import load_config
-from policy.vla_policy import VLAPolicy
+from policy.backbones import build_policy
 
 
 def percentiles_ms(samples: list[float]) -> tuple[float, float]:
@@ -30,7 +30,7 @@ def percentiles_ms(samples: list[float]) -> tuple[float, float]:
 
 def measure_head(config, features, calls: int) -> dict[str, float]:
     torch.manual_seed(config.seed)
-    policy = VLAPolicy(config.model, features)
+    policy = build_policy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
     policy.eval()
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, 1)

@@ -23,7 +23,7 @@ from envs import features_for
 from envs.features import Features
 from experiment.config import Config, load_config
 from experiment.optim import make_optimizer
-from policy.vla_policy import VLAPolicy
+from policy.backbones import Policy, build_policy
 
 BUDGET_BYTES = 2**30
 
@@ -38,7 +38,7 @@ class MemoryReport:
     device: str
 
 
-def training_step(policy: VLAPolicy, optimizer: torch.optim.Optimizer, batch: dict, precision: str) -> None:
+def training_step(policy: Policy, optimizer: torch.optim.Optimizer, batch: dict, precision: str) -> None:
     device_type = next(policy.parameters()).device.type
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
@@ -53,17 +53,19 @@ def measure(config: Config, features: Features | None = None, device: str | None
     """Peak memory of one training step at ``config.train.batch_size``."""
     features = features or features_for(config.env)
     device = resolve_device(device or config.device)
-    policy = VLAPolicy(config.model, features)
+    policy = build_policy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
     policy.to(device).train()
     if config.train.channels_last:
         policy.to(memory_format=torch.channels_last)
     counts = policy.parameter_counts()
-    lm_bytes = sum(p.numel() * p.element_size() for p in policy.text.language_model.parameters())
+    text = getattr(policy, "text", None)  # the modular backbone's frozen text model (the VLM has none apart)
+    lm_bytes = sum(p.numel() * p.element_size() for p in text.language_model.parameters()) if text else 0
     optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], config.train)
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size,
                             device)
-    policy.text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
+    if text is not None:
+        text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
     training_step(policy, optimizer, batch, config.train.precision)  # warm-up: optimizer state exists
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -83,7 +85,7 @@ def measure(config: Config, features: Features | None = None, device: str | None
 def format_report(name: str, config: Config, report: MemoryReport) -> str:
     mib = report.peak_bytes / 2**20
     verdict = "OK" if report.peak_bytes < BUDGET_BYTES else "OVER the 1 GiB budget"
-    return (f"{name}: head={config.action_head.type} batch={config.train.batch_size} "
+    return (f"{name}: {config.model_summary()} batch={config.train.batch_size} "
             f"precision={config.train.precision} | params trainable {report.trainable_params / 1e6:.2f}M, "
             f"frozen {report.frozen_params / 1e6:.2f}M | peak {mib:.1f} MiB on {report.device} ({verdict})"
             + (f", of which resident before the step {report.resident_bytes / 2**20:.1f} MiB"

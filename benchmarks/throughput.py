@@ -29,7 +29,7 @@ from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import features_for
 from experiment.config import Config, load_config
 from experiment.optim import make_optimizer
-from policy.vla_policy import VLAPolicy
+from policy.backbones import Policy, build_policy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -77,7 +77,7 @@ def cpu_description() -> str:
 def build(config: Config):
     torch.manual_seed(config.seed)
     features = features_for(config.env)
-    policy = VLAPolicy(config.model, features)
+    policy = build_policy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
     policy.train()
     if config.train.channels_last:
@@ -88,7 +88,7 @@ def build(config: Config):
     return policy, optimizer, batch
 
 
-def flops_per_sample(policy: VLAPolicy, batch: dict, precision: str) -> float:
+def flops_per_sample(policy: Policy, batch: dict, precision: str) -> float:
     """Forward + backward FLOPs of one training step, divided by the batch size."""
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     # The math attention kernel: FlopCounterMode has no formula for the fused CPU one and would count 0.

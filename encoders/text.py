@@ -1,30 +1,17 @@
 """Frozen Hugging Face text encoder -> one language token, cached per instruction string."""
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from core.configuration import ConfigError, doc_field
-from core.errors import DamagedFileError, MissingResourceError, UserError
-from core.network import host_reachable
+from core.errors import UserError
+from core.hub import load_pretrained, running_command
 
 MIN_MAX_LENGTH = 8
 
-
-
-def running_command() -> str:
-    """How the current program was started, as a user would type it: ``python train.py``,
-    ``python -m benchmarks``; used so that hints name the command that was actually run."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name:
-        return f"python -m {spec.name.removesuffix('.__main__')}"
-    return f"python {Path(sys.argv[0]).name}" if sys.argv and sys.argv[0] else "python train.py"
 
 
 def offline_hint() -> str:
@@ -48,50 +35,15 @@ class TextConfig:
                               "little more than [CLS] [SEP], and different instructions would embed the same")
 
 
-def _hub_reachable() -> bool:
-    from huggingface_hub import constants
-
-    return not constants.HF_HUB_OFFLINE and host_reachable(urlparse(constants.ENDPOINT).hostname)
-
-
-def _load_local(name: str) -> tuple[nn.Module, object]:
-    """A local load, without transformers' per-load progress bar (benchmarks build many policies)."""
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return (AutoModel.from_pretrained(name, local_files_only=True),
-                AutoTokenizer.from_pretrained(name, local_files_only=True))
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
-
-
 def load_text_model(name: str) -> tuple[nn.Module, object]:
     """(model, tokenizer) from a local directory, the local cache, or the hub; a clear error offline."""
     from transformers import AutoModel, AutoTokenizer
 
-    if Path(name).is_dir():  # a broken local directory is an error, not a reason to try the hub
-        try:
-            return _load_local(name)
-        except (OSError, ValueError) as error:
-            raise DamagedFileError(f"text.model_name: {name} is not a loadable Hugging Face model directory "
-                                   f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
-    if name.startswith((".", "/", "~")) or "\\" in name:
-        raise MissingResourceError(f"text.model_name: directory {name} does not exist")
-    try:  # the local cache first: no network, no retries
-        return _load_local(name)
-    except (OSError, ValueError):
-        pass
-    if not _hub_reachable():
-        raise MissingResourceError(f"text encoder '{name}' is not a local directory, not in the Hugging Face cache, "
-                                   f"and the hub cannot be reached (offline?); {offline_hint()}")
-    try:
-        return AutoModel.from_pretrained(name), AutoTokenizer.from_pretrained(name)
-    except OSError as error:
-        raise UserError(f"text.model_name: could not load '{name}' from the hub ({str(error).splitlines()[0]})") from None
+    def load(name: str, local_files_only: bool) -> tuple[nn.Module, object]:
+        return (AutoModel.from_pretrained(name, local_files_only=local_files_only),
+                AutoTokenizer.from_pretrained(name, local_files_only=local_files_only))
+
+    return load_pretrained(name, "text.model_name", "text encoder", load, offline_hint())
 
 
 class TextEncoder(nn.Module):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from envs import benchmark, make_env
 from envs.config import EnvConfig
-from policy.vla_policy import VLAPolicy
+from policy.base import Policy
 
 
 def _to_batch(observations: list[dict], instruction: str, device: torch.device) -> dict:
@@ -33,7 +33,7 @@ def episode_generator(sample_seed: int, seed: int, device: torch.device) -> torc
 
 
 @torch.no_grad()
-def run_episodes(policy: VLAPolicy, env_config: EnvConfig, task: str, seeds: list[int], n_envs: int = 4,
+def run_episodes(policy: Policy, env_config: EnvConfig, task: str, seeds: list[int], n_envs: int = 4,
                  video_episodes: int = 0, sample_seed: int = 0, progress: bool = True,
                  options: list[dict | None] | None = None, refill: bool = True
                  ) -> tuple[list[dict], list[np.ndarray]]:

@@ -7,10 +7,10 @@ import numpy as np
 from envs import EnvConfig, benchmark, episode_seed
 from evaluation.metrics import summarize, wilson_interval
 from evaluation.rollout import run_episodes, save_video
-from policy.vla_policy import VLAPolicy
+from policy.base import Policy
 
 
-def evaluate_policy(policy: VLAPolicy, env: EnvConfig, split: str = "eval", episodes: int = 50,
+def evaluate_policy(policy: Policy, env: EnvConfig, split: str = "eval", episodes: int = 50,
                     first_seed: int | None = None, n_envs: int = 5, sample_seed: int = 0, videos: int = 0,
                     video_dir: Path | None = None, progress: bool = True, protocol: str = "seeds") -> dict:
     """Roll out on ``split`` layouts (train | val | eval; disjoint seeds) for each task of ``env``.

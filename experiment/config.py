@@ -35,6 +35,7 @@ class TrainConfig:
     batch_size: int = doc_field(64, "samples per optimizer step")
     lr: float = doc_field(1e-4, "peak AdamW learning rate")
     weight_decay: float = doc_field(1e-4, "AdamW weight decay")
+    adam_beta2: float = doc_field(0.999, "AdamW's second-moment decay (0.95 in the VLA-0 recipe)")
     warmup_steps: int = doc_field(500, "linear warmup before the cosine decay")
     grad_clip: float = doc_field(1.0, "max gradient norm (0 = off)")
     ema_decay: float = doc_field(0.0, "EMA of weights for evaluation (0 = off, 0.999 typical)")
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 < self.adam_beta2 < 1.0:
+            raise ConfigError(f"train.adam_beta2 must be in (0, 1), got {self.adam_beta2}")
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.grad_clip < 0:  # a negative max norm flips the gradient: training would ascend the loss

@@ -10,7 +10,7 @@ from experiment.config import TrainConfig
 def make_optimizer(parameters: list[torch.nn.Parameter], train: TrainConfig) -> torch.optim.AdamW:
     """AdamW over ``parameters``; the fused kernel on CPU and CUDA (one pass over all tensors, same update)."""
     device = parameters[0].device.type
-    return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay,
+    return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, train.adam_beta2),
                              fused=True if device in ("cpu", "cuda") else None)
 
 

@@ -1,7 +1,7 @@
 """Save and load a policy as one directory, without unpickling anything.
 
     run/checkpoint/
-        model.safetensors   trained weights + normalizer statistics (the frozen language model is
+        model.safetensors   trained weights + normalizer statistics (the modular backbone's frozen text model is
                             not part of the policy's state: it reloads from text.model_name)
         config.json         the resolved experiment config (the policy reads its model sections), the
                             features (shapes) and the SHA-256 of model.safetensors (checked on load:
@@ -30,7 +30,7 @@ from core.errors import DamagedFileError, MissingResourceError, UserError
 from core.files import old_path, swap_directory
 from envs.features import Features
 from policy.config import MODEL_SECTIONS, ModelConfig
-from policy.vla_policy import VLAPolicy
+from policy.backbones import Policy, build_policy
 
 WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "stats.json"
 
@@ -81,7 +81,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def save_policy(policy: VLAPolicy, directory: str | Path, run_config: dict | None = None,
+def save_policy(policy: Policy, directory: str | Path, run_config: dict | None = None,
                 extra: dict[str, dict] | None = None) -> Path:
     """Write atomically: a crash mid-save leaves the previous checkpoint intact.
 
@@ -93,7 +93,13 @@ def save_policy(policy: VLAPolicy, directory: str | Path, run_config: dict | Non
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    state, seen = {}, set()
+    for name, tensor in policy.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.numel() and tensor.data_ptr() in seen:  # tied weights (a VLM's embeddings and output layer):
+            tensor = tensor.clone()                        # safetensors stores each name's own copy
+        seen.add(tensor.data_ptr())
+        state[name] = tensor
     bad = non_finite_tensors(state)
     if bad:
         raise NonFiniteWeightsError(f"refusing to save {directory}: {len(bad)} tensors hold NaN or inf "
@@ -139,7 +145,7 @@ def load_model_config_and_features(directory: str | Path) -> tuple[ModelConfig, 
                                f"({error})") from None
 
 
-def load_weights(policy: VLAPolicy, directory: str | Path) -> None:
+def load_weights(policy: Policy, directory: str | Path) -> None:
     """Load a checkpoint's safetensors weights into an existing policy of the same config.
 
     The file's SHA-256 must match the one written beside it, and every tensor must be finite.
@@ -167,9 +173,9 @@ def load_weights(policy: VLAPolicy, directory: str | Path) -> None:
                                f"unexpected {sorted(unexpected)[:5]}")
 
 
-def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
+def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> Policy:
     """Rebuild the policy from config.json and load its safetensors weights (strictly)."""
     config, features = load_model_config_and_features(directory)
-    policy = VLAPolicy(config, features)
+    policy = build_policy(config, features)
     load_weights(policy, directory)
     return policy.to(device).eval()

@@ -42,8 +42,48 @@ class PolicyConfig:
 
 
 @dataclass
+class BackboneConfig:
+    type: Literal["modular", "vlm"] = doc_field(
+        "modular", "modular: ResNet18 + frozen text encoder + fusion + action head, trained from scratch | "
+                   "vlm: a pretrained vision-language model that writes the chunk as text (the vlm section)")
+
+
+@dataclass
+class VLMConfig:
+    """The ``vlm`` backbone (the VLA-0 recipe): read only when ``backbone.type: vlm``."""
+
+    model_name: str = doc_field("HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+                                "Hugging Face image-text-to-text model: hub id or local directory")
+    n_bins: int = doc_field(512, "B: each normalized action value is written as an integer in [0, B)")
+    state_in_prompt: bool = doc_field(True, "write the robot state into the prompt, as integers in [0, B)")
+    system_prompt: str = doc_field("", "an optional system turn before the user turn")
+    mask_prob: float = doc_field(0.0, "training only: chance per action token of hiding it in the input "
+                                      "(the target stays), so the model cannot copy its own previous numbers")
+    lora_rank: int = doc_field(0, "LoRA adapters of this rank on the language model's projections (peft); "
+                                  "0 fine-tunes every weight")
+    lora_alpha: int = doc_field(32, "LoRA scaling numerator (alpha / rank)")
+    freeze_vision: bool = doc_field(False, "keep the vision tower's weights fixed")
+    gradient_checkpointing: bool = doc_field(False, "recompute activations in backward: less memory, slower")
+    image_splitting: bool = doc_field(False, "let the image processor tile large images (SmolVLM); off for "
+                                             "small robot camera frames")
+
+    def __post_init__(self):
+        if not self.model_name:
+            raise ConfigError("vlm.model_name must name a hub model or a local directory")
+        if self.n_bins < 2:
+            raise ConfigError(f"vlm.n_bins must be >= 2, got {self.n_bins}")
+        if not 0.0 <= self.mask_prob < 1.0:
+            raise ConfigError(f"vlm.mask_prob must be in [0, 1), got {self.mask_prob}")
+        if self.lora_rank < 0 or self.lora_alpha < 1:
+            raise ConfigError("vlm.lora_rank must be >= 0 and vlm.lora_alpha >= 1")
+
+
+@dataclass
 class ModelConfig:
-    """What ``VLAPolicy`` is built from: the model's sections of the experiment config."""
+    """What a policy is built from: the model's sections of the experiment config. The modular
+    backbone reads vision, text, state, fusion and action_head; the vlm backbone reads vlm."""
+
+    backbone: BackboneConfig = doc_field(default_factory=BackboneConfig, doc="which model family")
 
     policy: PolicyConfig = doc_field(default_factory=PolicyConfig, doc="chunking, normalization, ensembling")
     vision: VisionConfig = doc_field(default_factory=VisionConfig, doc="ResNet18 image tokens")
@@ -52,6 +92,13 @@ class ModelConfig:
     fusion: FusionConfig = doc_field(default_factory=FusionConfig, doc="scene self-attention + state cross-attention")
     action_head: HeadConfig = doc_field(default_factory=DiffusionHeadConfig, doc="the action head, by type",
                                         polymorphic=head_config_class, choices=HEADS.names)
+    vlm: VLMConfig = doc_field(default_factory=VLMConfig, doc="pretrained vision-language backbone")
+
+    def model_summary(self) -> str:
+        """One phrase for logs: ``diffusion head`` or ``vlm HuggingFaceTB/SmolVLM2-256M-Video-Instruct``."""
+        if self.backbone.type == "vlm":
+            return f"vlm {self.vlm.model_name}"
+        return f"{self.action_head.type} head"
 
 
-MODEL_SECTIONS = ("policy", "vision", "text", "state", "fusion", "action_head")
+MODEL_SECTIONS = ("backbone", "policy", "vision", "text", "state", "fusion", "action_head", "vlm")

@@ -33,6 +33,14 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory) -> str:
+    """Directory of a random 2-layer SmolVLM (hidden 32, 32x32 images) and its processor."""
+    from policy.tiny_vlm import save_tiny_vlm
+
+    return save_tiny_vlm(tmp_path_factory.mktemp("tiny_smolvlm"))
+
+
+@pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory) -> str:
     """Directory of a random 1-layer DistilBERT (hidden 32) with a 20-word vocabulary."""
     return save_tiny_text_model(tmp_path_factory.mktemp("tiny_distilbert"))
