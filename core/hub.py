@@ -32,6 +32,16 @@ def hub_reachable() -> bool:
     return not constants.HF_HUB_OFFLINE and host_reachable(urlparse(constants.ENDPOINT).hostname)
 
 
+def cached_snapshot(name: str) -> str | None:
+    """The local directory of hub model ``name`` in the Hugging Face cache, or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001  (not cached, or an invalid repo id: either way, not here)
+        return None
+
+
 def _quietly(load: Callable[[str, bool], T], name: str) -> T:
     """A local load, without transformers' per-load progress bar (benchmarks build many policies)."""
     from transformers.utils import logging as hf_logging
@@ -59,10 +69,12 @@ def load_pretrained(name: str, key: str, what: str, load: Callable[[str, bool], 
                                    f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
     if name.startswith((".", "/", "~")) or "\\" in name:
         raise MissingResourceError(f"{key}: directory {name} does not exist")
-    try:  # the local cache first: no network, no retries
-        return _quietly(load, name)
-    except (OSError, ValueError):
-        pass
+    cached = cached_snapshot(name)
+    if cached is not None:  # the local cache first, loaded as a directory: no network, no retries
+        try:
+            return _quietly(load, cached)
+        except (OSError, ValueError):
+            pass
     if not hub_reachable():
         raise MissingResourceError(f"{what} '{name}' is not a local directory, not in the Hugging Face cache, "
                                    f"and the hub cannot be reached (offline?); {hint}")

@@ -94,6 +94,11 @@ class ModelConfig:
                                         polymorphic=head_config_class, choices=HEADS.names)
     vlm: VLMConfig = doc_field(default_factory=VLMConfig, doc="pretrained vision-language backbone")
 
+    def __post_init__(self):
+        if self.backbone.type == "vlm" and self.policy.normalization != "min_max":
+            raise ConfigError("backbone.type=vlm writes actions as integers over [-1, 1]: "
+                              "set policy.normalization=min_max")
+
     def model_summary(self) -> str:
         """One phrase for logs: ``diffusion head`` or ``vlm HuggingFaceTB/SmolVLM2-256M-Video-Instruct``."""
         if self.backbone.type == "vlm":

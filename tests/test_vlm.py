@@ -182,3 +182,16 @@ def test_train_and_evaluate_pusht_vlm_end_to_end(tiny_vlm, tiny_text_model, tmp_
     evaluate.main()
     out = capsys.readouterr().out
     assert "vlm" in out and "| pusht |" in out
+
+
+def test_config_refuses_what_the_vlm_cannot_write():
+    from core.configuration import ConfigError
+    from experiment.config import load_config
+
+    assert load_config(REPO / "configs" / "pusht_vlm.yaml").backbone.type == "vlm"
+    with pytest.raises(ConfigError, match="policy.normalization=min_max"):
+        load_config(REPO / "configs" / "pusht_vlm.yaml", ["policy.normalization=mean_std"])
+    with pytest.raises(ConfigError, match="vlm.n_bins"):
+        load_config(REPO / "configs" / "pusht_vlm.yaml", ["vlm.n_bins=1"])
+    with pytest.raises(ConfigError, match="backbone.type"):
+        load_config(REPO / "configs" / "pusht_vlm.yaml", ["backbone.type=transformer"])
