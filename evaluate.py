@@ -18,7 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.device import resolve_device
-from core.errors import ArgumentParser, MissingResourceError, UserError, non_negative_int, positive_int, run_main
+from core.errors import (
+    ArgumentParser,
+    MissingResourceError,
+    UserError,
+    non_negative_int,
+    positive_int,
+    run_main,
+)
 from envs import BENCHMARKS, benchmark
 from evaluation.run import evaluate_policy, format_table
 from experiment.config import checkpoint_config
@@ -49,6 +56,18 @@ def find_checkpoint(path: Path | None, env: str, runs_dir: Path) -> Path:
     return best if (best / CONFIG).is_file() else newest_run / "checkpoints" / "latest"
 
 
+def set_inference_steps(policy, steps: int) -> None:
+    """Evaluate a diffusion or flow head with ``steps`` denoising steps instead of its config's."""
+    head = getattr(policy, "head", None)
+    if head is None or not hasattr(head.config, "num_inference_steps"):
+        raise UserError(f"--inference-steps: this checkpoint's model ({policy.config.model_summary()}) has no "
+                        "denoising steps; only the diffusion and flow heads do")
+    try:
+        head.config = replace(head.config, num_inference_steps=steps)  # validated like the config key
+    except UserError as error:
+        raise UserError(f"--inference-steps: {error}") from None
+
+
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True, choices=BENCHMARKS.names())
@@ -63,6 +82,9 @@ def main() -> None:
     parser.add_argument("--protocol", default="seeds",
                         help="seeds: fresh layouts from the evaluation seeds (default); metaworld: Meta-World's own "
                              "50 pre-drawn layouts per task (metaworld.MT1), as published MT1/MT10 numbers use")
+    parser.add_argument("--inference-steps", type=positive_int,
+                        help="denoising steps of a diffusion or flow head (default: the checkpoint's config); "
+                             "fewer re-plan faster")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -87,6 +109,8 @@ def main() -> None:
             print(f"note: {untrained} not among the training tasks {config.env.tasks} (zero-shot)")
         config.env.tasks = list(args.task)
     policy = load_policy(checkpoint, device)
+    if args.inference_steps is not None:
+        set_inference_steps(policy, args.inference_steps)
     print(f"checkpoint {checkpoint}: {config.model_summary()}, tasks {config.env.tasks}")
     # Results go into the run (runs/NAME/ for runs/NAME/checkpoints/best), else beside the checkpoint.
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
@@ -96,6 +120,8 @@ def main() -> None:
                              video_dir=run_dir / f"videos_eval_{stamp}", protocol=args.protocol)
     result.pop("video_frames")
     result["checkpoint"] = str(checkpoint)
+    if args.inference_steps is not None:
+        result["inference_steps"] = args.inference_steps
     out = run_dir / f"eval_{checkpoint.name}_{stamp}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"protocol: {args.protocol}")

@@ -211,3 +211,25 @@ def test_pusht_trains_from_a_zarr_and_evaluates(tmp_path, tiny_text_model, monke
     assert {"mean_max_reward", "mean_max_coverage", "mean_final_coverage", "ci95_low"} <= set(result)
     assert list(run.glob("videos_eval_*/pusht_00.*"))
     assert all((run / video).is_file() for video in result["videos"])  # recorded relative to the run
+
+
+def test_inference_steps_override_changes_only_the_sampler(tiny_text_model):
+    from conftest import SMALL_FEATURES, fake_batch, small_config, unit_stats
+    from policy.backbones import build_policy
+
+    config = small_config(tiny_text_model, "flow")
+    policy = build_policy(config.model, SMALL_FEATURES)
+    policy.normalizer.fit(unit_stats(SMALL_FEATURES))
+    policy.eval()
+    batch = fake_batch(SMALL_FEATURES, config)
+    default = policy.predict_action_chunk(batch, torch.Generator().manual_seed(0))
+    evaluate.set_inference_steps(policy, 1)
+    one_step = policy.predict_action_chunk(batch, torch.Generator().manual_seed(0))
+    evaluate.set_inference_steps(policy, config.action_head.num_inference_steps)
+    assert torch.equal(policy.predict_action_chunk(batch, torch.Generator().manual_seed(0)), default)
+    assert not torch.allclose(one_step, default)  # one Euler step from the same noise lands elsewhere
+    with pytest.raises(UserError, match="--inference-steps"):
+        evaluate.set_inference_steps(build_policy(small_config(tiny_text_model, "regression").model, SMALL_FEATURES), 2)
+    diffusion = build_policy(small_config(tiny_text_model, "diffusion").model, SMALL_FEATURES)
+    with pytest.raises(UserError, match="--inference-steps: .*num_inference_steps"):
+        evaluate.set_inference_steps(diffusion, 10_000)  # more than its training steps
