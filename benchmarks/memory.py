@@ -64,8 +64,7 @@ def measure(config: Config, features: Features | None = None, device: str | None
     optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], config.train)
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size,
                             device)
-    if text is not None:
-        text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
+    policy.cache_instructions(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
     training_step(policy, optimizer, batch, config.train.precision)  # warm-up: optimizer state exists
     if device.type == "cuda":
         torch.cuda.synchronize()

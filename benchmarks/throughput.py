@@ -84,7 +84,7 @@ def build(config: Config):
         policy.to(memory_format=torch.channels_last)
     optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], config.train)
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size)
-    policy.text.embed(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
+    policy.cache_instructions(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
     return policy, optimizer, batch
 
 

@@ -63,6 +63,10 @@ class Policy(nn.Module, ABC):
         ``generator`` draws the sampling noise of stochastic policies (reproducible rollouts).
         """
 
+    def cache_instructions(self, instructions: list[str]) -> None:
+        """Compute what a policy keeps per instruction outside the training step (none by default), so
+        that benchmarks time steady-state steps."""
+
     @abstractmethod
     def parameter_counts(self) -> dict[str, int]:
         """{"trainable": n, "frozen": n}, frozen models kept outside the module included."""

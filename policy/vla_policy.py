@@ -77,6 +77,9 @@ class VLAPolicy(Policy):
         chunk = self.head.predict(context, generator)
         return self._actions_out(obs, chunk)
 
+    def cache_instructions(self, instructions: list[str]) -> None:
+        self.text.embed(instructions)  # the frozen LM runs once per instruction string
+
     def parameter_counts(self) -> dict[str, int]:
         """Trainable and frozen parameters (the frozen language model, kept on CPU, included)."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
