@@ -29,8 +29,8 @@ from core.configuration import ConfigError, from_dict, to_dict
 from core.errors import DamagedFileError, MissingResourceError, UserError
 from core.files import old_path, swap_directory
 from envs.features import Features
-from policy.config import MODEL_SECTIONS, ModelConfig
 from policy.backbones import Policy, build_policy
+from policy.config import MODEL_SECTIONS, ModelConfig
 
 WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "stats.json"
 
