@@ -4,7 +4,8 @@ On a CPU the batch amortizes the encoders over envs, which beats one process per
 there are only a couple of cores. With ``refill`` (the default) a slot whose episode ends starts
 the next one at once, so a batch never waits for its slowest episode: 50 episodes cost about
 their total steps / ``n_envs`` policy steps. Each episode samples from its own generator (seeded by
-``sample_seed`` and its seed), so its result does not depend on which episodes share its batch.
+``sample_seed`` and its seed), so its result does not depend on which episodes share its batch, up
+to the floating-point rounding of batched kernels, which can differ with the batch size.
 """
 
 from pathlib import Path
