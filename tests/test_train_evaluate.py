@@ -67,6 +67,11 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path, tiny_overrides):
     newest = max(run.glob("eval_best_*.json"), key=lambda p: p.stat().st_mtime)
     assert json.loads(newest.read_text())["protocol"] == "metaworld"
 
+    out = subprocess.run([sys.executable, "-m", "benchmarks.eval_speed", str(run / "checkpoints" / "best"),
+                          "--episodes", "3", "--n-envs", "2"], cwd=REPO, check=True, capture_output=True, text=True)
+    assert "| lockstep |" in out.stdout and "| slot refilling |" in out.stdout
+    assert "per-episode results identical: True" in out.stdout
+
 
 def test_multitask_config_trains_one_model_and_reports_each_task(tmp_path, tiny_overrides, monkeypatch, capsys):
     tasks = ["reach-v3", "pick-place-v3"]  # two of MT10 whose experts finish within the tiny step cap
