@@ -19,7 +19,7 @@ from core.errors import ArgumentParser, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import benchmark, features_for
-from experiment.config import load_config
+from experiment.config import head_overrides, load_config
 from policy.backbones import build_policy
 
 
@@ -57,8 +57,8 @@ def measure_head(config, features, calls: int) -> dict[str, float]:
 def latency_table(config_path: str, overrides: list[str], heads: list[str], calls: int) -> str:
     """Markdown: per head, select_action and re-plan latency against the env's control period."""
     lines = []
-    for head in heads:
-        config = load_config(config_path, overrides + [f"action_head.type={head}"])
+    for head, head_set in head_overrides(config_path, overrides, heads):
+        config = load_config(config_path, head_set)
         hz = benchmark(config.env.name).fps
         r = measure_head(config, features_for(config.env), calls)
         verdict = "yes" if r["plan_p95"] < 1000 / hz else "no"

@@ -21,7 +21,7 @@ from core.keys import TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import features_for
 from envs.features import Features
-from experiment.config import Config, load_config
+from experiment.config import Config, head_overrides, load_config
 from experiment.optim import make_optimizer
 from policy.backbones import Policy, build_policy
 
@@ -97,8 +97,8 @@ def memory_table(config_paths: list[str], overrides: list[str], heads: list[str]
     lines = ["| config | head | batch | precision | trainable params | peak training step (MiB) | "
              "under 1 GiB? | frozen LM, CPU, outside the step (MiB) |", "|---|---|---|---|---|---|---|---|"]
     for path in config_paths:
-        for head in heads:
-            config = load_config(path, [*overrides, f"action_head.type={head}"])
+        for head, head_set in head_overrides(path, overrides, heads):
+            config = load_config(path, head_set)
             r = measure(config, device="cpu")
             lines.append(f"| {path} | {head} | {config.train.batch_size} | {config.train.precision} | "
                          f"{r.trainable_params / 1e6:.2f}M | {r.peak_bytes / 2**20:.0f} | "

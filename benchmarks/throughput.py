@@ -27,7 +27,7 @@ from core.errors import ArgumentParser, run_main
 from core.keys import TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import features_for
-from experiment.config import Config, load_config
+from experiment.config import Config, head_overrides, load_config
 from experiment.optim import make_optimizer
 from policy.backbones import Policy, build_policy
 
@@ -145,9 +145,9 @@ def throughput_table(config_path: str, overrides: list[str], heads: list[str], p
     """Markdown: per head and precision, samples/s and the fraction of the matmul peak."""
     lines = ["| head | precision | batch | samples/s | GFLOP/sample | achieved GFLOP/s | matmul peak GFLOP/s | "
              "of peak |", "|---|---|---|---|---|---|---|---|"]
-    for head in heads:
+    for head, head_set in head_overrides(config_path, overrides, heads):
         for precision in precisions:
-            config = load_config(config_path, [*overrides, f"action_head.type={head}", f"train.precision={precision}"])
+            config = load_config(config_path, [*head_set, f"train.precision={precision}"])
             r = measure(config, steps)
             lines.append(f"| {head} | {precision} | {config.train.batch_size} | {r.samples_per_s:.1f} | "
                          f"{r.gflops_per_sample:.2f} | {r.achieved_gflops:.1f} | {r.peak_gflops:.0f} | "

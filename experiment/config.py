@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Literal
 
 from action_head.diffusion import DiffusionHeadConfig
-from core.configuration import ConfigError, apply_overrides, doc_field, from_dict, load_yaml
+from core.configuration import (
+    ConfigError,
+    apply_overrides,
+    doc_field,
+    from_dict,
+    load_yaml,
+)
 from core.errors import DamagedFileError
 from data.config import DataConfig
 from envs import EnvConfig
@@ -93,6 +99,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if isinstance(data.get("action_head"), dict) and "type" not in data["action_head"]:
         data["action_head"] = {"type": DiffusionHeadConfig.type, **data["action_head"]}
     return from_dict(Config, data)
+
+
+def head_overrides(path: str | Path, overrides: list[str], heads: list[str]) -> list[tuple[str, list[str]]]:
+    """What the benchmarks measure for a config: (label, overrides) per action head for the modular
+    backbone; the vision-language backbone, which has no head, once (label ``vlm``)."""
+    if load_config(path, overrides).backbone.type == "vlm":
+        return [("vlm", list(overrides))]
+    return [(head, [*overrides, f"action_head.type={head}"]) for head in heads]
 
 
 def checkpoint_config(directory: str | Path) -> Config:

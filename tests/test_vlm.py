@@ -164,9 +164,10 @@ def test_offline_hub_name_fails_fast_and_clearly():
 
 
 def test_train_and_evaluate_pusht_vlm_end_to_end(tiny_vlm, tiny_text_model, tmp_path, monkeypatch, capsys):
+    from test_pusht import synthetic_arrays, write_zarr
+
     import evaluate
     import train
-    from test_pusht import synthetic_arrays, write_zarr
 
     zarr_path = write_zarr(tmp_path / "pusht.zarr", synthetic_arrays(lengths=(6, 5)))
     run = tmp_path / "runs" / "pusht_vlm"
@@ -195,3 +196,20 @@ def test_config_refuses_what_the_vlm_cannot_write():
         load_config(REPO / "configs" / "pusht_vlm.yaml", ["vlm.n_bins=1"])
     with pytest.raises(ConfigError, match="backbone.type"):
         load_config(REPO / "configs" / "pusht_vlm.yaml", ["backbone.type=transformer"])
+
+
+def test_benchmarks_measure_the_vlm_once_and_each_modular_head(tiny_vlm):
+    from experiment.config import head_overrides
+
+    heads = ["diffusion", "flow"]
+    assert head_overrides(REPO / "configs" / "pusht_vlm.yaml", [f"vlm.model_name={tiny_vlm}"], heads) == [
+        ("vlm", [f"vlm.model_name={tiny_vlm}"])]
+    assert [label for label, _ in head_overrides(REPO / "configs" / "pusht.yaml", [], heads)] == heads
+
+
+def test_latency_benchmark_runs_the_vlm(tiny_vlm, tiny_text_model):
+    from benchmarks.latency import latency_table
+
+    table = latency_table(str(REPO / "configs" / "pusht_vlm.yaml"),
+                          [f"vlm.model_name={tiny_vlm}", "device=cpu"], ["diffusion"], calls=4)
+    assert "| vlm |" in table
