@@ -207,7 +207,7 @@ def test_benchmarks_measure_the_vlm_once_and_each_modular_head(tiny_vlm):
     assert [label for label, _ in head_overrides(REPO / "configs" / "pusht.yaml", [], heads)] == heads
 
 
-def test_latency_benchmark_runs_the_vlm(tiny_vlm, tiny_text_model):
+def test_latency_benchmark_runs_the_vlm(tiny_vlm):
     from benchmarks.latency import latency_table
 
     table = latency_table(str(REPO / "configs" / "pusht_vlm.yaml"),
