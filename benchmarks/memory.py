@@ -59,8 +59,7 @@ def measure(config: Config, features: Features | None = None, device: str | None
     if config.train.channels_last:
         policy.to(memory_format=torch.channels_last)
     counts = policy.parameter_counts()
-    text = getattr(policy, "text", None)  # the modular backbone's frozen text model (the VLM has none apart)
-    lm_bytes = sum(p.numel() * p.element_size() for p in text.language_model.parameters()) if text else 0
+    lm_bytes = policy.offloaded_bytes()
     optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], config.train)
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size,
                             device)

@@ -8,6 +8,7 @@ numbers below B without leading zeros, H x D of them, then end-of-sequence. Ever
 parses, for any tokenizer whose vocabulary holds the ten digits, whatever the model's weights.
 """
 
+import copy
 import re
 
 import torch
@@ -110,6 +111,13 @@ class ActionGrammar:
         if not (set(DIGITS) <= texts and separable and self.eos):
             raise ValueError("the tokenizer cannot spell each digit and a space as tokens (or has no "
                              "end-of-sequence token): constrained action decoding needs them")
+
+    def for_prompt(self, prompt_length: int) -> "ActionGrammar":
+        """This grammar for outputs that start after ``prompt_length`` tokens (the vocabulary table is
+        shared, not recomputed): one per ``generate`` call, so no call changes another's."""
+        grammar = copy.copy(self)
+        grammar.prompt_length = prompt_length
+        return grammar
 
     def state_of(self, generated: list[int]):
         state = self.action_text.START

@@ -71,6 +71,10 @@ class Policy(nn.Module, ABC):
     def parameter_counts(self) -> dict[str, int]:
         """{"trainable": n, "frozen": n}, frozen models kept outside the module included."""
 
+    def offloaded_bytes(self) -> int:
+        """Bytes of frozen weights the policy keeps on the CPU, outside the training step (none by default)."""
+        return 0
+
     # ---- inference-time state -------------------------------------------------------------
     def reset(self, rows: list[int] | None = None) -> None:
         """Forget observation history and queued actions: of every env (``rows=None``, at the start of a

@@ -80,6 +80,10 @@ class VLAPolicy(Policy):
     def cache_instructions(self, instructions: list[str]) -> None:
         self.text.embed(instructions)  # the frozen LM runs once per instruction string
 
+    def offloaded_bytes(self) -> int:
+        """The frozen language model's weights (on the CPU; only its cached embeddings enter the step)."""
+        return sum(p.numel() * p.element_size() for p in self.text.language_model.parameters())
+
     def parameter_counts(self) -> dict[str, int]:
         """Trainable and frozen parameters (the frozen language model, kept on CPU, included)."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)

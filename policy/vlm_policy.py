@@ -161,8 +161,8 @@ class VLMPolicy(Policy):
         prompts = self._prompts(obs)
         if self._grammar is None:
             self._grammar = ActionGrammar(self.tokenizer, self.action_text, 0, self.eos_ids)
-        self._grammar.prompt_length = prompts["input_ids"].shape[1]
-        out = self.model.generate(**prompts, logits_processor=LogitsProcessorList([self._grammar]), do_sample=False,
+        grammar = self._grammar.for_prompt(prompts["input_ids"].shape[1])
+        out = self.model.generate(**prompts, logits_processor=LogitsProcessorList([grammar]), do_sample=False,
                                   max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_ids,
                                   pad_token_id=self.pad_id)
         texts = self.tokenizer.batch_decode(out[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)

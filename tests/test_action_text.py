@@ -96,3 +96,18 @@ def test_a_tokenizer_that_cannot_spell_digits_is_refused():
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="<eos>", unk_token="[UNK]")
     with pytest.raises(ValueError, match="cannot spell each digit"):
         ActionGrammar(tokenizer, ActionText(2, 2), 0, [0])
+
+
+def test_a_grammar_for_one_prompt_leaves_the_shared_one_untouched():
+    """The policy builds the vocabulary table once and derives a processor per generate call: two calls
+    with prompts of different lengths must not see each other's offset."""
+    tokenizer = byte_level_tokenizer(True)
+    shared = ActionGrammar(tokenizer, ActionText(chunk_size=2, action_dim=2), 0, [tokenizer.eos_token_id])
+    prompt = torch.tensor([tokenizer.encode("reach")])
+    scores = torch.zeros(1, len(tokenizer))
+    own = shared.for_prompt(prompt.shape[1])
+    assert shared.prompt_length == 0 and own.pieces is shared.pieces
+    digits = tokenizer.convert_tokens_to_ids(list("0123456789"))
+    assert torch.isfinite(own(prompt, scores)[0, digits]).all()  # nothing generated yet: digits allowed
+    only_eos = torch.isfinite(shared(prompt, scores)[0])  # the shared one reads "reach" as its output
+    assert only_eos.nonzero().flatten().tolist() == [tokenizer.eos_token_id]

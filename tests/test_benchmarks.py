@@ -50,6 +50,7 @@ def test_default_configs_train_under_one_gib(path, tiny_text_model):
     assert report.resident_bytes > 4 * 4 * report.trainable_params * 0.9  # params, grads, 2 AdamW moments
     assert report.peak_bytes > report.resident_bytes
     assert report.peak_bytes < BUDGET_BYTES, f"{path.name}: {report.peak_bytes / 2**20:.0f} MiB"
+    assert report.language_model_bytes == 4 * report.frozen_params  # the frozen text model, fp32, reported apart
 
 
 def test_flop_count_is_per_sample_and_covers_the_model(tiny_text_model):
