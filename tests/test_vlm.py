@@ -213,3 +213,18 @@ def test_latency_benchmark_runs_the_vlm(tiny_vlm):
     table = latency_table(str(REPO / "configs" / "pusht_vlm.yaml"),
                           [f"vlm.model_name={tiny_vlm}", "device=cpu"], ["diffusion"], calls=4)
     assert "| vlm |" in table
+
+
+@pytest.mark.parametrize("size, millions", [("256M", 256), ("500M", 507)])
+def test_random_real_size_smolvlms_have_the_hub_models_parameter_counts(size, millions):
+    """The shapes the memory benchmark measures without the weights are SmolVLM2's: the parameter count
+    lands on the published size (built on the meta device: nothing is allocated)."""
+    from transformers import SmolVLMForConditionalGeneration
+
+    from policy.tiny_vlm import smolvlm_config
+
+    config, processor = smolvlm_config(size)
+    with torch.device("meta"):
+        model = SmolVLMForConditionalGeneration(config)
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, rel=0.03)
+    assert processor.image_seq_len == 64  # 512 px, patch 16, pixel shuffle 4
