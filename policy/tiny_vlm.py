@@ -79,7 +79,6 @@ def smolvlm_config(size: str):
     from transformers import (
         LlamaConfig,
         SmolVLMConfig,
-        SmolVLMForConditionalGeneration,
         SmolVLMImageProcessor,
         SmolVLMProcessor,
         SmolVLMVideoProcessor,
