@@ -108,3 +108,19 @@ def test_gpu_check_runs_on_the_cpu_as_a_smoke_run(tiny_text_model):
     row = check(config, "flow", tiny_text_model, torch.device("cpu"), steps=2)
     assert row["batch"] == 64 and row["samples_per_s"] > 0 and row["fits"] == "-"
     assert 0 < row["plan_p50"] <= row["plan_p95"] and row["period_ms"] == 100.0
+
+
+def test_levers_benchmark_times_each_lever_against_eager(tiny_text_model, monkeypatch, capsys):
+    """A smoke run (no timing asserted): every lever asked for gets its row and a ratio."""
+    import sys
+
+    from benchmarks import levers
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "pusht_state.yaml")
+    monkeypatch.setattr(sys, "argv", ["levers", "--config", config, "--set", f"text.model_name={tiny_text_model}",
+                                      "train.batch_size=4", "--levers", "no_fusion_dropout", "--rounds", "1",
+                                      "--steps", "1"])
+    levers.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "x |" in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["eager", "no_fusion_dropout"]
+    assert rows[0].rstrip().endswith("| 1.00x |")
