@@ -20,13 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from action_head.diffusion import DiffusionHeadConfig
-from core.configuration import (
-    ConfigError,
-    apply_overrides,
-    doc_field,
-    from_dict,
-    load_yaml,
-)
+from core.configuration import ConfigError, apply_overrides, doc_field, from_dict, load_yaml
 from core.errors import DamagedFileError
 from data.config import DataConfig
 from envs import EnvConfig

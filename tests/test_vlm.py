@@ -164,10 +164,9 @@ def test_offline_hub_name_fails_fast_and_clearly():
 
 
 def test_train_and_evaluate_pusht_vlm_end_to_end(tiny_vlm, tiny_text_model, tmp_path, monkeypatch, capsys):
-    from test_pusht import synthetic_arrays, write_zarr
-
     import evaluate
     import train
+    from test_pusht import synthetic_arrays, write_zarr
 
     zarr_path = write_zarr(tmp_path / "pusht.zarr", synthetic_arrays(lengths=(6, 5)))
     run = tmp_path / "runs" / "pusht_vlm"
