@@ -7,6 +7,10 @@ synthetic batches of the config's shapes and batch size, then peak ``torch.cuda.
 against the 1 GiB budget, steady-state samples/s, and ``select_action`` re-plan latency at batch 1
 (p50 / p95) against the env's control period. No dataset or hub model is needed: the text encoder
 is a tiny random DistilBERT (frozen, run once per instruction, so it changes none of these numbers).
+
+``--vlm DIR`` adds rows for the vision-language backbone (``configs/pusht_vlm.yaml`` with the model in
+DIR, e.g. a random SmolVLM2-256M-shaped one from ``python -m policy.tiny_vlm DIR --size 256M``): full
+fine-tuning, and LoRA 16 with the vision tower frozen, with and without gradient checkpointing.
 """
 
 import argparse
@@ -28,6 +32,12 @@ from experiment.optim import make_optimizer
 from policy.backbones import build_policy
 
 CONFIGS = ("configs/metaworld_reach.yaml", "configs/pusht.yaml")
+VLM_CONFIG = "configs/pusht_vlm.yaml"
+VLM_SETTINGS = {
+    "vlm full": [],
+    "vlm LoRA16 frozen-vision": ["vlm.lora_rank=16", "vlm.freeze_vision=true"],
+    "vlm LoRA16 frozen-vision ckpt": ["vlm.lora_rank=16", "vlm.freeze_vision=true", "vlm.gradient_checkpointing=true"],
+}
 BUDGET_BYTES = 2**30
 
 
@@ -36,8 +46,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def check(config_path: str, head: str, text_model: str, device: torch.device, steps: int) -> dict:
-    config = load_config(config_path, [f"text.model_name={text_model}", f"action_head.type={head}"])
+def check(config_path: str, label: str, overrides: list[str], device: torch.device, steps: int) -> dict:
+    config = load_config(config_path, overrides)
     features = features_for(config.env)
     torch.manual_seed(0)
     policy = build_policy(config.model, features)
@@ -82,7 +92,7 @@ def check(config_path: str, head: str, text_model: str, device: torch.device, st
             plans.append(time.perf_counter() - start)
     p50, p95 = (float(np.percentile(plans, q)) * 1e3 for q in (50, 95))
     fits = "-" if device.type != "cuda" else ("yes" if peak <= BUDGET_BYTES else "NO")
-    return {"config": config_path, "head": head, "batch": config.train.batch_size, "samples_per_s": samples_per_s,
+    return {"config": config_path, "head": label, "batch": config.train.batch_size, "samples_per_s": samples_per_s,
             "peak_mib": peak / 2**20, "fits": fits, "plan_p50": p50, "plan_p95": p95,
             "period_ms": 1000 / benchmark(config.env.name).fps}
 
@@ -92,6 +102,7 @@ def main() -> None:
     parser.add_argument("--steps", type=positive_int, default=200, help="training steps per config and head")
     parser.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (cpu: a smoke run, no memory numbers)")
     parser.add_argument("--heads", nargs="+", default=HEADS.names(), choices=HEADS.names())
+    parser.add_argument("--vlm", metavar="DIR", help="also measure the vision-language backbone with the model in DIR")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -103,12 +114,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         text_model = save_tiny_text_model(tmp)
-        for config_path in CONFIGS:
-            for head in args.heads:
-                r = check(config_path, head, text_model, device, args.steps)
-                print(f"| {r['config']} | {r['head']} | {r['batch']} | {r['samples_per_s']:.0f} | "
-                      f"{r['peak_mib']:.0f} | {r['fits']} | {r['plan_p50']:.1f} / "
-                      f"{r['plan_p95']:.1f} | {r['period_ms']:.1f} |", flush=True)
+        rows = [(path, head, [f"text.model_name={text_model}", f"action_head.type={head}"])
+                for path in CONFIGS for head in args.heads]
+        if args.vlm:
+            rows += [(VLM_CONFIG, label, [f"vlm.model_name={args.vlm}", *extra])
+                     for label, extra in VLM_SETTINGS.items()]
+        for config_path, label, overrides in rows:
+            r = check(config_path, label, overrides, device, args.steps)
+            print(f"| {r['config']} | {r['head']} | {r['batch']} | {r['samples_per_s']:.0f} | "
+                  f"{r['peak_mib']:.0f} | {r['fits']} | {r['plan_p50']:.1f} / "
+                  f"{r['plan_p95']:.1f} | {r['period_ms']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

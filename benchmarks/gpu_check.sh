@@ -4,12 +4,13 @@
 # connected machine with: pip download -d benchmarks/wheels einops pyyaml safetensors filelock tqdm
 # gymnasium tokenizers). Run from the repository root; prints one Markdown table, in under 5 minutes.
 #
-#   bash benchmarks/gpu_check.sh [--steps 200] [--heads flow diffusion]
+#   bash benchmarks/gpu_check.sh [--steps 200] [--heads flow diffusion] [--vlm DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS="${WHEELS:-benchmarks/wheels}"
+PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 if [ -d "$WHEELS" ]; then
-  python -m pip install -q --no-index --find-links "$WHEELS" einops pyyaml safetensors filelock tqdm gymnasium
+  "$PYTHON" -m pip install -q --no-index --find-links "$WHEELS" einops pyyaml safetensors filelock tqdm gymnasium
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 timeout 290 python -m benchmarks.gpu_check "$@"
+HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 timeout 290 "$PYTHON" -m benchmarks.gpu_check "$@"

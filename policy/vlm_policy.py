@@ -51,6 +51,17 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: int) -> torch.nn.Module:
     return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
 
 
+def match_image_features_to_text_dtype(model: torch.nn.Module) -> None:
+    """Under autocast the connector writes bf16 image features, while the token embeddings stay in the
+    weights' dtype; transformers before 5.2x then refuses to merge them (``Index put requires the source
+    and destination dtypes match``). Casting the connector's output as newer versions do fixes both."""
+    connector = getattr(getattr(model, "model", None), "connector", None)
+    if connector is None:
+        return
+    dtype = model.get_input_embeddings().weight.dtype
+    connector.register_forward_hook(lambda module, inputs, output: output.to(dtype))
+
+
 @POLICIES.register("vlm")
 class VLMPolicy(Policy):
     """
@@ -71,8 +82,9 @@ class VLMPolicy(Policy):
             for name, parameter in model.named_parameters():
                 if "vision" in name:
                     parameter.requires_grad_(False)
-        if vc.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        match_image_features_to_text_dtype(model)
+        if vc.gradient_checkpointing:  # transformers >= 5.2x renames it; older versions have only the first name
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         self.model = add_lora(model, vc.lora_rank, vc.lora_alpha) if vc.lora_rank > 0 else model
         self.action_text = ActionText(config.policy.chunk_size, features.action_dim, vc.n_bins)
         self.state_text = ActionText(1, features.state_dim, vc.n_bins)

@@ -105,9 +105,21 @@ def test_gpu_check_runs_on_the_cpu_as_a_smoke_run(tiny_text_model):
     from benchmarks.gpu_check import check
 
     config = str(Path(__file__).resolve().parents[1] / "configs" / "pusht.yaml")
-    row = check(config, "flow", tiny_text_model, torch.device("cpu"), steps=2)
+    row = check(config, "flow", [f"text.model_name={tiny_text_model}", "action_head.type=flow"], torch.device("cpu"),
+                steps=2)
     assert row["batch"] == 64 and row["samples_per_s"] > 0 and row["fits"] == "-"
     assert 0 < row["plan_p50"] <= row["plan_p95"] and row["period_ms"] == 100.0
+
+
+def test_gpu_check_measures_the_vlm_backbone_settings(tiny_vlm):
+    """--vlm DIR: each VLM setting (full, LoRA + frozen vision, + checkpointing) trains and re-plans."""
+    from benchmarks.gpu_check import VLM_CONFIG, VLM_SETTINGS, check
+
+    config = str(Path(__file__).resolve().parents[1] / VLM_CONFIG)
+    for label, extra in VLM_SETTINGS.items():
+        row = check(config, label, [f"vlm.model_name={tiny_vlm}", *extra], torch.device("cpu"), steps=2)
+        assert row["head"] == label and row["batch"] == 16 and row["samples_per_s"] > 0
+        assert 0 < row["plan_p50"] <= row["plan_p95"]
 
 
 def test_levers_benchmark_times_each_lever_against_eager(tiny_text_model, monkeypatch, capsys):

@@ -130,6 +130,18 @@ def test_lora_trains_only_adapters(tiny_vlm):
     loss.backward()
 
 
+def test_bf16_autocast_image_features_reach_the_merge_in_the_embeddings_dtype(tiny_vlm):
+    """transformers before 5.2x merged the connector's bf16 output into fp32 token embeddings and failed
+    under autocast (seen on a GPU with 5.17); the policy casts the connector's output, so it trains."""
+    policy = vlm_policy(tiny_vlm)
+    seen = []
+    policy.model.model.connector.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = policy(batch())
+    loss.backward()
+    assert seen == [policy.model.get_input_embeddings().weight.dtype] == [torch.float32]
+
+
 def test_checkpoint_round_trip(tiny_vlm, tmp_path):
     from policy.checkpoint import load_policy, save_policy
 
