@@ -12,6 +12,7 @@ Normalization, relative actions, the action queue and ensembling are the policy'
 """
 
 import torch
+import torch.nn.functional as F
 
 from core.errors import MissingResourceError
 from core.hub import load_pretrained, running_command
@@ -157,11 +158,17 @@ class VLMPolicy(Policy):
         self._check_observation(batch)
         self._check_batch(batch)
         inputs = self.training_inputs(batch)
-        out = self.model(**inputs)
-        labels = inputs["labels"][:, 1:]
+        labels = inputs.pop("labels")
+        # The chunks end every row (left padding), so only the last `keep` positions predict a scored
+        # token: the logits over the whole vocabulary are computed there alone, not at every prompt
+        # and image position (at batch 16 the full logits are most of the step's activation memory).
+        keep = int((labels != IGNORE).sum(1).max()) + 1
+        logits = self.model(**inputs, logits_to_keep=keep).logits[:, :-1]
+        labels = labels[:, -keep + 1:]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
         scored = labels != IGNORE
-        accuracy = (out.logits[:, :-1].argmax(-1) == labels)[scored].float().mean()
-        return out.loss, {"loss": float(out.loss.detach()), "token_accuracy": float(accuracy)}
+        accuracy = (logits.argmax(-1) == labels)[scored].float().mean()
+        return loss, {"loss": float(loss.detach()), "token_accuracy": float(accuracy)}
 
     # ---- inference --------------------------------------------------------------------------
     @torch.no_grad()

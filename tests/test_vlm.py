@@ -78,6 +78,30 @@ def test_the_loss_depends_only_on_action_tokens_and_trains(tiny_vlm):
     assert float(loss) < 0.7 * first
 
 
+def test_the_loss_computes_logits_only_where_tokens_are_scored_and_equals_the_full_loss(tiny_vlm, monkeypatch):
+    """The policy asks the model for the last few positions' logits only (the memory lever) and its
+    loss and accuracy equal cross-entropy over the full logits with the same labels."""
+    policy = vlm_policy(tiny_vlm).eval()  # eval: no masking, so both passes see the same inputs
+    data = batch()
+    inputs = policy.training_inputs(data)
+    full = policy.model(**inputs)  # transformers' own loss over every position's logits
+    kept, forward = [], policy.model.forward
+
+    def spy(**kwargs):
+        out = forward(**kwargs)
+        kept.append(out.logits.shape)
+        return out
+
+    monkeypatch.setattr(policy.model, "forward", spy)
+    loss, metrics = policy(data)
+    longest = int((inputs["labels"] != IGNORE).sum(1).max())
+    assert kept == [(3, longest + 1, full.logits.shape[-1])] and longest + 1 < inputs["input_ids"].shape[1] / 2
+    assert torch.allclose(loss, full.loss, atol=1e-5)
+    labels = inputs["labels"][:, 1:]
+    accuracy = (full.logits[:, :-1].argmax(-1) == labels)[labels != IGNORE].float().mean()
+    assert metrics["token_accuracy"] == pytest.approx(float(accuracy))
+
+
 def test_masking_hides_action_tokens_in_the_input_only_in_training(tiny_vlm):
     policy = vlm_policy(tiny_vlm, mask_prob=0.5)
     data = batch()
