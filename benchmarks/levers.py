@@ -2,8 +2,8 @@
 
     python -m benchmarks.levers --config configs/metaworld_reach.yaml --set text.model_name=<dir>
 
-Levers: ``channels_last`` (``train.channels_last=true``), ``no_fusion_dropout`` (``fusion.dropout=0``)
-and ``compile`` (``torch.compile`` of the vision encoder, the fusion transformer and the head's
+Levers: ``channels_last`` (``train.channels_last=true``), ``no_fusion_dropout`` (``fusion.dropout=0``),
+the two together, and ``compile`` (``torch.compile`` of the vision encoder, the fusion transformer and the head's
 loss; its warm-up time is printed apart). Every variant is built first, then timed round-robin so
 drift on a shared machine hits each alike; medians of ``--rounds``, ratio against ``eager``.
 """
@@ -20,7 +20,7 @@ from core.errors import ArgumentParser, positive_int, run_main
 from experiment.config import load_config
 
 LEVERS = {"eager": [], "channels_last": ["train.channels_last=true"], "no_fusion_dropout": ["fusion.dropout=0"],
-          "compile": []}
+          "channels_last+no_fusion_dropout": ["train.channels_last=true", "fusion.dropout=0"], "compile": []}
 
 
 def compile_policy(policy) -> None:
