@@ -39,7 +39,7 @@ from data.provision import ensure_dataset
 from envs import Features, benchmark, features_for
 from evaluation.run import evaluate_policy, format_table
 from experiment.config import Config, checkpoint_config, load_config
-from experiment.optim import make_optimizer, make_scheduler
+from experiment.optim import make_optimizer, make_scheduler, split_batch
 from policy.checkpoint import load_policy, load_weights, remove_stale_temporaries, save_policy
 from policy.ema import EMA
 from policy.backbones import Policy, build_policy
@@ -47,7 +47,7 @@ from policy.backbones import Policy, build_policy
 TRAINING_STATE = "training_state.pt"
 # What --resume RUN --set may change: the budget and bookkeeping, not the model, data or optimizer.
 RESUMABLE_OVERRIDES = ("device", "train.steps", "train.log_every", "train.save_every", "train.save_minutes",
-                       "train.num_workers", "eval.")
+                       "train.num_workers", "train.micro_batches", "eval.")
 
 
 class TrainingDiverged(UserError):
@@ -162,18 +162,29 @@ class NonFiniteStep(Exception):
 
 
 def train_step(model, policy: Policy, batch: dict, device: torch.device, autocast, optimizer, scheduler,
-               ema: EMA | None, trainable: list, grad_clip: float
+               ema: EMA | None, trainable: list, grad_clip: float, micro_batches: int = 1
                ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """One update (LeRobot's ``update_policy``): forward, backward, clip, optimizer and schedule, EMA.
 
-    Returns (loss, metrics, gradient norm). Raises NonFiniteStep before touching the weights when the
-    loss or the gradient norm is not finite, so they stay those of the last good step.
+    With ``micro_batches`` > 1 the batch goes through forward and backward in that many slices whose
+    gradients add up (each loss scaled by 1 / micro_batches; DDP synchronizes on the last only), so
+    the update is the whole batch's while the activations are one slice's. Returns (loss, metrics,
+    gradient norm), averaged over the slices. Raises NonFiniteStep before touching the weights when
+    the loss or the gradient norm is not finite, so they stay those of the last good step.
     """
     batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    with autocast:
-        loss, metrics = model(batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    parts = split_batch(batch, micro_batches) if micro_batches > 1 else [batch]
+    loss, metrics = torch.zeros((), device=device), {}
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        with model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext():
+            with autocast:
+                part_loss, part_metrics = model(part)
+            (part_loss / len(parts)).backward()
+        loss = loss + part_loss.detach() / len(parts)
+        for name, value in part_metrics.items():
+            metrics[name] = metrics.get(name, 0.0) + value / len(parts)
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip or float("inf"))
     if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):  # one sync per step
         raise NonFiniteStep(f"loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g}")
@@ -309,7 +320,9 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     counts = policy.parameter_counts()
     log(f"policy: {counts['trainable'] / 1e6:.2f}M trainable, {counts['frozen'] / 1e6:.2f}M frozen parameters; "
         f"{config.model_summary()}; device {device}")
-    log(f"batch: {config.train.batch_size} per process x {info.world_size} process(es) = "
+    micro = (f" (in {config.train.micro_batches} micro-batches of {config.train.batch_size // config.train.micro_batches})"
+             if config.train.micro_batches > 1 else "")
+    log(f"batch: {config.train.batch_size} per process{micro} x {info.world_size} process(es) = "
         f"{config.train.batch_size * info.world_size} effective")
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, config.train)
@@ -350,7 +363,8 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
         for batch in bar:
             try:
                 loss, metrics, grad_norm = train_step(model, policy, batch, device, autocast, optimizer, scheduler,
-                                                      ema, trainable, config.train.grad_clip)
+                                                      ema, trainable, config.train.grad_clip,
+                                                      config.train.micro_batches)
             except NonFiniteStep as error:
                 good = (f"the last good checkpoint is {latest_dir} (step {last_saved['step']}); resume it with "
                         f"python train.py --resume {run_dir}" if last_saved["step"] is not None

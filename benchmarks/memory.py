@@ -22,7 +22,7 @@ from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import features_for
 from envs.features import Features
 from experiment.config import Config, head_overrides, load_config
-from experiment.optim import make_optimizer
+from experiment.optim import make_optimizer, split_batch
 from policy.backbones import Policy, build_policy
 
 BUDGET_BYTES = 2**30
@@ -38,13 +38,16 @@ class MemoryReport:
     device: str
 
 
-def training_step(policy: Policy, optimizer: torch.optim.Optimizer, batch: dict, precision: str) -> None:
+def training_step(policy: Policy, optimizer: torch.optim.Optimizer, batch: dict, precision: str,
+                  micro_batches: int = 1) -> None:
     device_type = next(policy.parameters()).device.type
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
-    with autocast:
-        loss, _ = policy(batch)
-    loss.backward()
+    parts = split_batch(batch, micro_batches) if micro_batches > 1 else [batch]
+    for part in parts:  # gradient accumulation, as train.py does it
+        with autocast:
+            loss, _ = policy(part)
+        (loss / len(parts)).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=False)  # steady state keeps gradient buffers allocated
 
@@ -64,11 +67,15 @@ def measure(config: Config, features: Features | None = None, device: str | None
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size,
                             device)
     policy.cache_instructions(batch[TASK])  # the frozen LM runs once per instruction, outside training steps
-    training_step(policy, optimizer, batch, config.train.precision)  # warm-up: optimizer state exists
+
+    def step() -> None:
+        training_step(policy, optimizer, batch, config.train.precision, config.train.micro_batches)
+
+    step()  # warm-up: optimizer state exists
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-        training_step(policy, optimizer, batch, config.train.precision)
+        step()
         torch.cuda.synchronize()
         return MemoryReport(counts["trainable"], counts["frozen"], torch.cuda.max_memory_allocated(device), 0,
                             lm_bytes, "cuda")
@@ -76,7 +83,7 @@ def measure(config: Config, features: Features | None = None, device: str | None
     tracker.track_all(policy, optimizer, batch)
     resident = tracker.current
     with tracker:
-        training_step(policy, optimizer, batch, config.train.precision)
+        step()
     return MemoryReport(counts["trainable"], counts["frozen"], tracker.peak, resident, lm_bytes, device.type)
 
 

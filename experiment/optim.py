@@ -25,3 +25,10 @@ def warmup_cosine(warmup: int, total: int):
 
 def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train.warmup_steps, train.steps))
+
+
+def split_batch(batch: dict, parts: int) -> list[dict]:
+    """``parts`` equal slices of a batch along its first dimension (tensors and lists alike): the
+    micro-batches of gradient accumulation (``train.micro_batches``)."""
+    size = len(next(iter(batch.values()))) // parts
+    return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(parts)]

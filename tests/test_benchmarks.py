@@ -53,6 +53,21 @@ def test_default_configs_train_under_one_gib(path, tiny_text_model):
     assert report.language_model_bytes == 4 * report.frozen_params  # the frozen text model, fp32, reported apart
 
 
+def test_micro_batches_cut_the_activation_peak(tiny_text_model):
+    """A batch of 16 in 4 micro-batches peaks like a batch of 4, well under the batch of 16 in one pass."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "pusht.yaml"
+
+    def above_resident(batch_size: int, micro_batches: int) -> int:  # activations and temporaries
+        config = load_config(path, [f"text.model_name={tiny_text_model}", "device=cpu",
+                                    f"train.batch_size={batch_size}", f"train.micro_batches={micro_batches}"])
+        report = measure(config)
+        return report.peak_bytes - report.resident_bytes
+
+    whole, split, small = above_resident(16, 1), above_resident(16, 4), above_resident(4, 1)
+    assert abs(split - small) < 0.1 * small
+    assert split < 0.6 * whole  # the rest of the step (optimizer temporaries) does not shrink
+
+
 def test_flop_count_is_per_sample_and_covers_the_model(tiny_text_model):
     from benchmarks.throughput import build, flops_per_sample
 

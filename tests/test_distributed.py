@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from train import StepBatchSampler
@@ -23,7 +24,8 @@ def test_ranks_take_disjoint_slices_of_one_global_batch():
     assert ranks[0] != ranks[1]
 
 
-def test_two_cpu_processes_train_in_lockstep(tmp_path, tiny_text_model):
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_two_cpu_processes_train_in_lockstep(tmp_path, tiny_text_model, micro_batches):
     from test_pusht import synthetic_arrays, write_zarr
 
     zarr_path = write_zarr(tmp_path / "pusht.zarr", synthetic_arrays(lengths=(6, 5, 7)))
@@ -31,12 +33,13 @@ def test_two_cpu_processes_train_in_lockstep(tmp_path, tiny_text_model):
     overrides = [f"text.model_name={tiny_text_model}", f"data.root={tmp_path / 'data'}", f"data.path={zarr_path}",
                  "policy.d_model=32", "policy.chunk_size=4", "policy.n_action_steps=2", "fusion.n_heads=2",
                  "state.hidden=32", "action_head.down_dims=[16,32]", "train.steps=4", "train.batch_size=4",
-                 "train.warmup_steps=1", "train.log_every=1", "eval.every=0"]
+                 "train.warmup_steps=1", "train.log_every=1", "eval.every=0", f"train.micro_batches={micro_batches}"]
     done = subprocess.run([*TORCHRUN, "train.py", "--config", "configs/pusht_state.yaml", "--run-dir", str(run),
                            "--no-final-eval", "--set", *overrides], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "batch: 4 per process x 2 process(es) = 8 effective" in done.stdout
+    micro = " (in 2 micro-batches of 2)" if micro_batches == 2 else ""
+    assert f"batch: 4 per process{micro} x 2 process(es) = 8 effective" in done.stdout
     # The replicas hold bit-identical weights after the run (checked across both processes).
     assert "max parameter difference from rank 0 = 0\n" in done.stdout
     weights = load_file(run / "checkpoints" / "latest" / "model.safetensors")

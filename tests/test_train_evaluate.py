@@ -1,5 +1,6 @@
 """End to end on a tiny budget: the real train.py and evaluate.py, resuming, and interrupted collection."""
 
+import contextlib
 import json
 import re
 import signal
@@ -238,3 +239,51 @@ def test_inference_steps_override_changes_only_the_sampler(tiny_text_model):
     diffusion = build_policy(small_config(tiny_text_model, "diffusion").model, SMALL_FEATURES)
     with pytest.raises(UserError, match="--inference-steps: .*num_inference_steps"):
         evaluate.set_inference_steps(diffusion, 10_000)  # more than its training steps
+
+
+@pytest.mark.parametrize("head", ["regression", "flow"])
+def test_micro_batches_give_the_whole_batch_update(tiny_text_model, head):
+    """train.micro_batches=4: the same loss and gradients as one pass over the batch (the activations
+    are a quarter's), so a small GPU trains the same recipe."""
+    import copy
+
+    from core.keys import ACTION_IS_PAD
+    from data.synthetic import synthetic_batch, unit_normalizer_stats
+    from envs import features_for
+    from experiment.optim import make_optimizer, make_scheduler
+    from policy.backbones import build_policy
+
+    config = load_config(str(REPO / "configs" / "pusht_state.yaml"),
+                         [f"text.model_name={tiny_text_model}", f"action_head.type={head}", "fusion.dropout=0",
+                          "train.batch_size=8"])
+    features = features_for(config.env)
+    torch.manual_seed(0)
+    policy = build_policy(config.model, features)
+    policy.normalizer.fit(unit_normalizer_stats(features))
+    batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, 8)
+    batch[ACTION_IS_PAD][:] = False  # with padded steps each slice's mean weighs its own valid steps
+    results = []
+    for micro_batches in (1, 4):
+        model = copy.deepcopy(policy).train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(trainable, config.train)
+        torch.manual_seed(1)  # the flow head draws noise and times per sample, in batch order
+        loss, metrics, grad_norm = train.train_step(model, model, batch, torch.device("cpu"), contextlib.nullcontext(),
+                                                    optimizer, make_scheduler(optimizer, config.train), None,
+                                                    trainable, 1.0, micro_batches)
+        results.append((loss, grad_norm, [p.grad.clone() for p in trainable], [p.detach().clone() for p in trainable]))
+    (loss1, norm1, grads1, weights1), (loss4, norm4, grads4, weights4) = results
+    if head == "regression":  # deterministic: identical up to float summation order
+        assert torch.allclose(loss1, loss4, atol=1e-6) and torch.allclose(norm1, norm4, rtol=1e-4)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads1, grads4))
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(weights1, weights4))
+    else:  # the noise differs per slice; the update is still one finite step of the whole batch
+        assert torch.isfinite(loss4) and torch.isfinite(norm4) and set(metrics) == {"mse"}
+    assert any(not torch.equal(a, b) for a, b in zip(weights4, [p.detach() for p in policy.parameters()
+                                                                if p.requires_grad]))
+
+
+def test_micro_batches_must_divide_the_batch(tiny_text_model):
+    with pytest.raises(Exception, match="train.micro_batches must be >= 1 and divide train.batch_size"):
+        load_config(str(REPO / "configs" / "pusht_state.yaml"),
+                    [f"text.model_name={tiny_text_model}", "train.batch_size=64", "train.micro_batches=3"])
