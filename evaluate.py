@@ -108,7 +108,7 @@ def main() -> None:
         if untrained:
             print(f"note: {untrained} not among the training tasks {config.env.tasks} (zero-shot)")
         config.env.tasks = list(args.task)
-    policy = load_policy(checkpoint, device)
+    policy = load_policy(checkpoint, device).for_inference()
     if args.inference_steps is not None:
         set_inference_steps(policy, args.inference_steps)
     print(f"checkpoint {checkpoint}: {config.model_summary()}, tasks {config.env.tasks}")

@@ -431,7 +431,7 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
 def final_evaluation(run_dir: Path, config: Config, device: torch.device, training: dict) -> None:
     """Evaluate checkpoints/best on the held-out seeds; write eval_results.json and print the table."""
     best_dir = run_dir / "checkpoints" / "best"
-    final = load_policy(best_dir, device)
+    final = load_policy(best_dir, device).for_inference()
     result = evaluate_policy(final, config.env, split="eval", episodes=config.eval.episodes, n_envs=config.eval.n_envs,
                              sample_seed=config.seed, videos=config.eval.videos, video_dir=run_dir / "videos")
     result.pop("video_frames")

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--n-envs", type=positive_int, default=5)
     args = parser.parse_args()
     config = checkpoint_config(args.checkpoint)
-    policy = load_policy(args.checkpoint)
+    policy = load_policy(args.checkpoint).for_inference()
     task = config.env.tasks[0]
     seeds = [episode_seed(config.env, "eval", i) for i in range(args.episodes)]
     print(f"| {config.env.name} {task} | mode | seconds / episode | env steps | successes |")

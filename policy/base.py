@@ -71,6 +71,11 @@ class Policy(nn.Module, ABC):
     def parameter_counts(self) -> dict[str, int]:
         """{"trainable": n, "frozen": n}, frozen models kept outside the module included."""
 
+    def for_inference(self) -> "Policy":
+        """This policy in its fastest form for evaluation, once it will not train again (itself by
+        default; the VLM folds LoRA adapters into its weights). The result is not for training or saving."""
+        return self.eval()
+
     def offloaded_bytes(self) -> int:
         """Bytes of frozen weights the policy keeps on the CPU, outside the training step (none by default)."""
         return 0

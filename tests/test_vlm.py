@@ -166,6 +166,27 @@ def test_bf16_autocast_image_features_reach_the_merge_in_the_embeddings_dtype(ti
     assert seen == [policy.model.get_input_embeddings().weight.dtype] == [torch.float32]
 
 
+def test_for_inference_merges_lora_with_the_same_outputs(tiny_vlm):
+    """evaluate.py folds the adapters into the weights: no LoRA modules remain, the logits stay."""
+    pytest.importorskip("peft")
+    policy = vlm_policy(tiny_vlm, lora_rank=4).eval()
+    torch.manual_seed(1)
+    for name, parameter in policy.named_parameters():
+        if "lora_B" in name:  # LoRA starts as a no-op (B = 0); make the adapters matter
+            torch.nn.init.normal_(parameter, std=0.1)
+    inputs = policy.training_inputs(batch())
+    inputs.pop("labels")
+    with torch.no_grad():
+        before = policy.model(**inputs).logits
+        merged = policy.for_inference()
+        after = merged.model(**inputs).logits
+    assert merged is policy and not merged.training
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    assert not torch.allclose(before, vlm_policy(tiny_vlm).eval().model(**inputs).logits, atol=1e-3)  # adapters count
+    assert torch.allclose(before, after, atol=1e-4)
+    assert merged.predict_action_chunk(batch()).shape == (3, 4, 2)
+
+
 def test_checkpoint_round_trip(tiny_vlm, tmp_path):
     from policy.checkpoint import load_policy, save_policy
 
