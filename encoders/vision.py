@@ -22,7 +22,7 @@ from core.network import host_reachable
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Channels and total stride of each ResNet18 stage.
-_STAGES = {"layer3": (256, 16), "layer4": (512, 32)}
+_STAGES = {"layer2": (128, 8), "layer3": (256, 16), "layer4": (512, 32)}  # channels, stride
 
 
 @dataclass
@@ -30,8 +30,9 @@ class VisionConfig:
     pretrained: str = doc_field("none", "imagenet | none | path to a ResNet18 state-dict file (.pth or .safetensors)")
     trainable: Literal["all", "layer4", "none"] = doc_field("all", "which ResNet layers train; frozen ones stay in eval mode")
     norm: Literal["batch", "group"] = doc_field("group", "BatchNorm, or GroupNorm (better when training from scratch)")
-    feature_layer: Literal["layer3", "layer4"] = doc_field(
-        "layer4", "stage whose map becomes tokens: layer3 keeps 2x finer spatial detail (stride 16)")
+    feature_layer: Literal["layer2", "layer3", "layer4"] = doc_field(
+        "layer4", "stage whose map becomes tokens: layer3 keeps 2x finer spatial detail (stride 16), layer2 "
+                  "4x (stride 8: 4x the tokens of layer3, for small targets such as the stock reach goal)")
     augment_shift: int = doc_field(0, "random shift by up to this many pixels during training (0 = off)")
     crop: int = doc_field(0, "Diffusion Policy crop: a random crop x crop window in training, the center one "
                              "when evaluating (0 = off; PushT: 84 of 96)")
@@ -39,8 +40,9 @@ class VisionConfig:
     def __post_init__(self):
         if self.augment_shift < 0 or self.crop < 0:
             raise ConfigError("vision.augment_shift and vision.crop must be >= 0")
-        if self.trainable == "layer4" and self.feature_layer == "layer3":
-            raise ConfigError("vision.trainable=layer4 with feature_layer=layer3 would train nothing in the trunk")
+        if self.trainable == "layer4" and self.feature_layer != "layer4":
+            raise ConfigError(f"vision.trainable=layer4 with feature_layer={self.feature_layer} would train nothing "
+                              "in the trunk")
 
 
 def imagenet_weights_path() -> Path:

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from core.configuration import from_dict
+from core.configuration import ConfigError, from_dict
 from encoders.state import StateConfig, StateEncoder
 from encoders.text import TextConfig, TextEncoder
 from encoders.vision import VisionConfig, VisionEncoder, imagenet_weights_path
@@ -21,6 +21,7 @@ def test_vision_tokens_one_per_cell_per_camera():
     images = torch.randint(0, 256, (3, 2, 3, 64, 96), dtype=torch.uint8)
     assert vision()(images).shape == (3, 2 * 2 * 3, 16)  # layer4: stride 32 -> 2x3 cells
     assert vision(feature_layer="layer3")(images).shape == (3, 2 * 4 * 6, 16)
+    assert vision(feature_layer="layer2")(images).shape == (3, 2 * 8 * 12, 16)  # stride 8
 
 
 def test_vision_tokens_know_where_and_which_camera_they_came_from():
@@ -174,3 +175,9 @@ def test_fusion_rejects_an_all_padding_scene():
     fusion = FusionTransformer(FusionConfig(n_heads=2), d_model=16)
     with pytest.raises(ValueError, match="padding"):
         fusion(torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool), torch.randn(1, 16))
+
+
+@pytest.mark.parametrize("layer", ["layer2", "layer3"])
+def test_training_only_layer4_refuses_a_feature_layer_below_it(layer):
+    with pytest.raises(ConfigError, match=f"feature_layer={layer} would train nothing"):
+        from_dict(VisionConfig, {"trainable": "layer4", "feature_layer": layer})
