@@ -320,8 +320,8 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     counts = policy.parameter_counts()
     log(f"policy: {counts['trainable'] / 1e6:.2f}M trainable, {counts['frozen'] / 1e6:.2f}M frozen parameters; "
         f"{config.model_summary()}; device {device}")
-    micro = (f" (in {config.train.micro_batches} micro-batches of {config.train.batch_size // config.train.micro_batches})"
-             if config.train.micro_batches > 1 else "")
+    n_micro = config.train.micro_batches
+    micro = f" (in {n_micro} micro-batches of {config.train.batch_size // n_micro})" if n_micro > 1 else ""
     log(f"batch: {config.train.batch_size} per process{micro} x {info.world_size} process(es) = "
         f"{config.train.batch_size * info.world_size} effective")
     trainable = [p for p in policy.parameters() if p.requires_grad]

@@ -13,4 +13,5 @@ if [ -d "$WHEELS" ]; then
   "$PYTHON" -m pip install -q --no-index --find-links "$WHEELS" einops pyyaml safetensors filelock tqdm gymnasium
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 timeout 290 "$PYTHON" -m benchmarks.gpu_check "$@"
+# TIMEOUT: 290 s keeps the modular rows under 5 minutes; --vlm rows need more (about 2 minutes each on an H200).
+HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 timeout "${TIMEOUT:-290}" "$PYTHON" -m benchmarks.gpu_check "$@"

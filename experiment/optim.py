@@ -30,5 +30,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torc
 def split_batch(batch: dict, parts: int) -> list[dict]:
     """``parts`` equal slices of a batch along its first dimension (tensors and lists alike): the
     micro-batches of gradient accumulation (``train.micro_batches``)."""
-    size = len(next(iter(batch.values()))) // parts
+    sizes = {len(value) for value in batch.values()}
+    if len(sizes) != 1 or next(iter(sizes)) % parts:
+        raise ValueError(f"cannot split a batch of sizes {sorted(sizes)} into {parts} equal micro-batches")
+    size = sizes.pop() // parts
     return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(parts)]

@@ -11,6 +11,8 @@ context); optionally some action tokens are hidden in the input while their targ
 Normalization, relative actions, the action queue and ensembling are the policy's own (``Policy``).
 """
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -59,8 +61,8 @@ def match_image_features_to_text_dtype(model: torch.nn.Module) -> None:
     connector = getattr(getattr(model, "model", None), "connector", None)
     if connector is None:
         return
-    dtype = model.get_input_embeddings().weight.dtype
-    connector.register_forward_hook(lambda module, inputs, output: output.to(dtype))
+    embeddings = model.get_input_embeddings()  # read at each call: the policy may be cast after this
+    connector.register_forward_hook(lambda module, inputs, output: output.to(embeddings.weight.dtype))
 
 
 @POLICIES.register("vlm")
@@ -84,8 +86,8 @@ class VLMPolicy(Policy):
                 if "vision" in name:
                     parameter.requires_grad_(False)
         match_image_features_to_text_dtype(model)
-        if vc.gradient_checkpointing:  # transformers >= 5.2x renames it; older versions have only the first name
-            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+        if vc.gradient_checkpointing:  # transformers >= 5.2x: activation_...; older: gradient_... only
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         self.model = add_lora(model, vc.lora_rank, vc.lora_alpha) if vc.lora_rank > 0 else model
         self.action_text = ActionText(config.policy.chunk_size, features.action_dim, vc.n_bins)
         self.state_text = ActionText(1, features.state_dim, vc.n_bins)
@@ -164,7 +166,7 @@ class VLMPolicy(Policy):
         # and image position (at batch 16 the full logits are most of the step's activation memory).
         keep = int((labels != IGNORE).sum(1).max()) + 1
         logits = self.model(**inputs, logits_to_keep=keep).logits[:, :-1]
-        labels = labels[:, -keep + 1:]
+        labels = labels[:, labels.shape[1] - keep + 1:]
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
         scored = labels != IGNORE
         accuracy = (logits.argmax(-1) == labels)[scored].float().mean()
@@ -194,6 +196,8 @@ class VLMPolicy(Policy):
         for the plain model of the same size)."""
         if self.config.vlm.lora_rank > 0 and hasattr(self.model, "merge_and_unload"):
             self.model = self.model.merge_and_unload()
+            # From here on this is a plain model: saved, it reloads as one (no adapters to re-apply).
+            self.config = replace(self.config, vlm=replace(self.config.vlm, lora_rank=0))
         return self.eval()
 
     def parameter_counts(self) -> dict[str, int]:

@@ -132,7 +132,7 @@ def test_gpu_check_measures_the_vlm_backbone_settings(tiny_vlm):
 
     config = str(Path(__file__).resolve().parents[1] / VLM_CONFIG)
     for label, extra in VLM_SETTINGS.items():
-        row = check(config, label, [f"vlm.model_name={tiny_vlm}", *extra], torch.device("cpu"), steps=2)
+        row = check(config, label, [f"vlm.model_name={tiny_vlm}", *extra], torch.device("cpu"), steps=2, plans=3)
         assert row["head"] == label and row["batch"] == 16 and row["samples_per_s"] > 0
         assert 0 < row["plan_p50"] <= row["plan_p95"]
 

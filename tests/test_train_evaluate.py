@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import evaluate
 import train
+from core.configuration import ConfigError
 from core.errors import UserError
 from data.collect import collect_metaworld
 from data.episode_store import EpisodeStore
@@ -284,6 +285,6 @@ def test_micro_batches_give_the_whole_batch_update(tiny_text_model, head):
 
 
 def test_micro_batches_must_divide_the_batch(tiny_text_model):
-    with pytest.raises(Exception, match="train.micro_batches must be >= 1 and divide train.batch_size"):
+    with pytest.raises(ConfigError, match="train.micro_batches must be >= 1 and divide train.batch_size"):
         load_config(str(REPO / "configs" / "pusht_state.yaml"),
                     [f"text.model_name={tiny_text_model}", "train.batch_size=64", "train.micro_batches=3"])

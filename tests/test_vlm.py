@@ -166,8 +166,11 @@ def test_bf16_autocast_image_features_reach_the_merge_in_the_embeddings_dtype(ti
     assert seen == [policy.model.get_input_embeddings().weight.dtype] == [torch.float32]
 
 
-def test_for_inference_merges_lora_with_the_same_outputs(tiny_vlm):
-    """evaluate.py folds the adapters into the weights: no LoRA modules remain, the logits stay."""
+def test_for_inference_merges_lora_with_the_same_outputs(tiny_vlm, tmp_path):
+    """evaluate.py folds the adapters into the weights: no LoRA modules remain, the logits stay, and
+    the merged policy saves and reloads as a plain one."""
+    from policy.checkpoint import load_policy, save_policy
+
     pytest.importorskip("peft")
     policy = vlm_policy(tiny_vlm, lora_rank=4).eval()
     torch.manual_seed(1)
@@ -185,6 +188,11 @@ def test_for_inference_merges_lora_with_the_same_outputs(tiny_vlm):
     assert not torch.allclose(before, vlm_policy(tiny_vlm).eval().model(**inputs).logits, atol=1e-3)  # adapters count
     assert torch.allclose(before, after, atol=1e-4)
     assert merged.predict_action_chunk(batch()).shape == (3, 4, 2)
+    save_policy(merged, tmp_path / "merged")
+    reloaded = load_policy(tmp_path / "merged")
+    assert reloaded.config.vlm.lora_rank == 0
+    with torch.no_grad():
+        assert torch.equal(reloaded.model(**inputs).logits, after)
 
 
 def test_checkpoint_round_trip(tiny_vlm, tmp_path):
