@@ -39,7 +39,7 @@ from data.provision import ensure_dataset
 from envs import Features, benchmark, features_for
 from evaluation.run import evaluate_policy, format_table
 from experiment.config import Config, checkpoint_config, load_config
-from experiment.optim import make_optimizer, make_scheduler, split_batch
+from experiment.optim import accumulate_gradients, make_optimizer, make_scheduler
 from policy.checkpoint import load_policy, load_weights, remove_stale_temporaries, save_policy
 from policy.ema import EMA
 from policy.backbones import Policy, build_policy
@@ -174,17 +174,7 @@ def train_step(model, policy: Policy, batch: dict, device: torch.device, autocas
     """
     batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     optimizer.zero_grad(set_to_none=True)
-    parts = split_batch(batch, micro_batches) if micro_batches > 1 else [batch]
-    loss, metrics = torch.zeros((), device=device), {}
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        with model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext():
-            with autocast:
-                part_loss, part_metrics = model(part)
-            (part_loss / len(parts)).backward()
-        loss = loss + part_loss.detach() / len(parts)
-        for name, value in part_metrics.items():
-            metrics[name] = metrics.get(name, 0.0) + value / len(parts)
+    loss, metrics = accumulate_gradients(model, batch, autocast, micro_batches)
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip or float("inf"))
     if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):  # one sync per step
         raise NonFiniteStep(f"loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g}")

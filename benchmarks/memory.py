@@ -22,7 +22,7 @@ from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import features_for
 from envs.features import Features
 from experiment.config import Config, head_overrides, load_config
-from experiment.optim import make_optimizer, split_batch
+from experiment.optim import accumulate_gradients, make_optimizer
 from policy.backbones import Policy, build_policy
 
 BUDGET_BYTES = 2**30
@@ -43,11 +43,7 @@ def training_step(policy: Policy, optimizer: torch.optim.Optimizer, batch: dict,
     device_type = next(policy.parameters()).device.type
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
-    parts = split_batch(batch, micro_batches) if micro_batches > 1 else [batch]
-    for part in parts:  # gradient accumulation, as train.py does it
-        with autocast:
-            loss, _ = policy(part)
-        (loss / len(parts)).backward()
+    accumulate_gradients(policy, batch, autocast, micro_batches)  # as train.py does it
     optimizer.step()
     optimizer.zero_grad(set_to_none=False)  # steady state keeps gradient buffers allocated
 

@@ -1,8 +1,10 @@
 """The optimizer and learning-rate schedule of a run, shared by train.py and the benchmarks that time it."""
 
+import contextlib
 import math
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from experiment.config import TrainConfig
 
@@ -35,3 +37,22 @@ def split_batch(batch: dict, parts: int) -> list[dict]:
         raise ValueError(f"cannot split a batch of sizes {sorted(sizes)} into {parts} equal micro-batches")
     size = sizes.pop() // parts
     return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(parts)]
+
+
+def accumulate_gradients(model: torch.nn.Module, batch: dict, autocast, micro_batches: int = 1
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward and backward of ``batch`` in ``micro_batches`` slices whose gradients add up (each
+    loss scaled by 1 / micro_batches; under DDP only the last slice synchronizes): the whole batch's
+    gradient with one slice's activations. Returns the loss (detached) and metrics, averaged."""
+    parts = split_batch(batch, micro_batches) if micro_batches > 1 else [batch]
+    loss, metrics = 0.0, {}
+    for i, part in enumerate(parts):
+        defer_sync = isinstance(model, DistributedDataParallel) and i < len(parts) - 1
+        with model.no_sync() if defer_sync else contextlib.nullcontext():
+            with autocast:
+                part_loss, part_metrics = model(part)
+            (part_loss / len(parts)).backward()
+        loss = loss + part_loss.detach() / len(parts)
+        for name, value in part_metrics.items():
+            metrics[name] = metrics.get(name, 0.0) + value / len(parts)
+    return loss, metrics
