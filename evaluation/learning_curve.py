@@ -91,9 +91,10 @@ def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> N
     for ax in axes[:, 1]:
         ax.set_xlabel("training minutes (this machine)")
         ax.grid(alpha=0.3)
-    for ax in axes[:, 0]:
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    # One legend below the axes, so that it hides no point; the success row carries every label.
+    handles, names = max((ax.get_legend_handles_labels() for ax in axes[:, 0]), key=lambda h: len(h[1]))
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
 
