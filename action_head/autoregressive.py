@@ -21,6 +21,7 @@ from action_head.base import ActionHead, HeadConfig, head_type, masked_mean, reg
 from action_head.tokenizer import ActionTokenizer
 from core import rng
 from core.configuration import ConfigError, doc_field
+from core.dropout import use_cheap_dropout
 from core.rng import Generators
 from fusion.context import Context
 
@@ -93,7 +94,7 @@ class AutoregressiveHead(ActionHead):
         layer = nn.TransformerDecoderLayer(d_model, config.n_heads, config.ffn_mult * d_model, config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
         # Pre-norm layers leave the residual stream unnormalized, hence the final LayerNorm.
-        self.decoder = nn.TransformerDecoder(layer, config.n_layers, norm=nn.LayerNorm(d_model))
+        self.decoder = use_cheap_dropout(nn.TransformerDecoder(layer, config.n_layers, norm=nn.LayerNorm(d_model)))
         self.to_logits = nn.Linear(d_model, config.n_bins)  # bins only: BOS/MASK can never be emitted
         causal = torch.triu(torch.ones(self.seq_len, self.seq_len, dtype=torch.bool), diagonal=1)
         self.register_buffer("causal_mask", causal, persistent=False)

@@ -10,6 +10,7 @@ from torch import nn
 
 from action_head.base import ActionHead, HeadConfig, head_type, masked_mean, register_head
 from core.configuration import ConfigError, doc_field
+from core.dropout import Dropout
 from core.rng import Generators
 from fusion.context import Context
 
@@ -47,7 +48,7 @@ class RegressionHead(ActionHead):
         layers: list[nn.Module] = []
         width = n_queries * d_model
         for _ in range(config.n_layers):
-            layers += [nn.Linear(width, config.hidden), nn.GELU(), nn.Dropout(config.dropout)]
+            layers += [nn.Linear(width, config.hidden), nn.GELU(), Dropout(config.dropout)]
             width = config.hidden
         layers.append(nn.Linear(width, chunk_size * action_dim))
         self.mlp = nn.Sequential(*layers)
