@@ -300,6 +300,9 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     # The model first: a missing text model or weights file stops the run before any long data work.
     features = features_for(config.env)
     policy = build_policy(config.model, features)
+    if args.resume:  # so does a damaged checkpoint (restore_training_state loads it again after the data)
+        load_training_state(run_dir / "checkpoints" / "latest")
+        load_weights(policy, run_dir / "checkpoints" / "latest")
 
     dataset, stats = load_data(config, features, info)
     log(f"data: {dataset.store.root} ({len(dataset.episodes)} episodes, {len(dataset)} samples)")

@@ -177,11 +177,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply dotted overrides to a raw config mapping (before typing).
 
     Changing a polymorphic section's ``type`` (``action_head.type=regression``) resets that
-    section to the new type's defaults, since the old type's options mean nothing to it.
+    section to the new type's defaults, since the old type's options mean nothing to it. Type
+    changes apply first, whatever their place on the command line, so the reset clears what the
+    file said and never an option given beside it (``action_head.denoiser=mlp action_head.type=flow``).
     """
     data = dict(data)
-    for text in overrides:
-        keys, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides]
+    for keys, value in sorted(parsed, key=lambda override: override[0][-1] != "type"):  # stable: order kept otherwise
         node = data
         for key in keys[:-1]:
             child = node.get(key)

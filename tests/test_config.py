@@ -65,6 +65,17 @@ def test_overrides_and_head_swap(tmp_path):
         load_config(path, ["action_head.type=regression", "action_head.num_inference_steps=3"])
 
 
+def test_head_swap_keeps_options_given_before_it_on_the_command_line(tmp_path):
+    """`--set action_head.denoiser=mlp action_head.type=flow` once silently trained the U-Net."""
+    path = write(tmp_path, "action_head:\n  type: diffusion\n  num_inference_steps: 5\n")
+    config = load_config(path, ["action_head.denoiser=mlp", "action_head.type=flow", "action_head.denoiser=unet",
+                                "action_head.num_inference_steps=4"])
+    assert config.action_head.type == "flow" and config.action_head.num_inference_steps == 4
+    assert config.action_head.denoiser == "unet"  # options apply in their order, after the swap
+    config = load_config(path, ["action_head.denoiser=mlp", "action_head.type=flow"])
+    assert config.action_head.denoiser == "mlp" and config.action_head.num_inference_steps != 5
+
+
 def test_override_syntax_error():
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["train.lr"])
