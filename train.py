@@ -225,10 +225,10 @@ def make_loader(dataset: ChunkDataset, config: Config, start_step: int, info: Di
                       generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
 
 
-def restore_training_state(checkpoint: Path, policy: Policy, optimizer, scheduler, ema: EMA | None,
+def restore_training_state(checkpoint: Path, state: dict, policy: Policy, optimizer, scheduler, ema: EMA | None,
                            world_size: int) -> tuple[int, float, float]:
-    """Load weights, optimizer, schedule, EMA and RNG from ``checkpoint``: -> (step, best metric, seconds)."""
-    state = load_training_state(checkpoint)
+    """Load weights from ``checkpoint`` and the optimizer, schedule, EMA and RNG from its ``state``
+    (``load_training_state``): -> (step, best metric, seconds)."""
     if state.get("world_size", 1) != world_size:
         raise UserError(f"{checkpoint.parent.parent} was trained by {state.get('world_size', 1)} process(es); resume "
                         f"it with as many (now {world_size}), since the effective batch and data slices depend on it")
@@ -300,9 +300,10 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     # The model first: a missing text model or weights file stops the run before any long data work.
     features = features_for(config.env)
     policy = build_policy(config.model, features)
-    if args.resume:  # so does a damaged checkpoint (restore_training_state loads it again after the data)
-        load_training_state(run_dir / "checkpoints" / "latest")
-        load_weights(policy, run_dir / "checkpoints" / "latest")
+    latest = run_dir / "checkpoints" / "latest"
+    if args.resume:  # so does a damaged checkpoint (the weights load again after the data, over its statistics)
+        resume_state = load_training_state(latest)
+        load_weights(policy, latest)
 
     dataset, stats = load_data(config, features, info)
     log(f"data: {dataset.store.root} ({len(dataset.episodes)} episodes, {len(dataset)} samples)")
@@ -323,7 +324,7 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     ema = EMA(policy, config.train.ema_decay) if config.train.ema_decay > 0 else None
     start_step, best, seconds_before = 0, -1.0, 0.0  # seconds: training wall clock of earlier (resumed) runs
     if args.resume:
-        start_step, best, seconds_before = restore_training_state(run_dir / "checkpoints" / "latest", policy,
+        start_step, best, seconds_before = restore_training_state(latest, resume_state, policy,
                                                                   optimizer, scheduler, ema, info.world_size)
         log(f"resumed {run_dir} at step {start_step}")
     model = policy

@@ -1,11 +1,11 @@
 """Dropout whose mask is cheap to draw on a CPU.
 
-PyTorch's CPU dropout draws one random number per element (``bernoulli_``); on a 2-core CPU that
-was a fifth of a bf16 training step (results/benchmarks.md). Here one 64-bit draw gives four 16-bit
+PyTorch's CPU dropout draws one random number per element (``bernoulli_``). Here one 64-bit draw gives four 16-bit
 uniforms, so the generator runs a quarter as often: an element is kept when its 16-bit draw
 clears the threshold ``round(p * 65536)``, which makes the drop rate exact to 1/65536. Kept values
 are scaled by the inverse of the keep rate, as usual. On other devices (CUDA's fused dropout is already cheap)
-it is ``torch.nn.functional.dropout``.
+it is ``torch.nn.functional.dropout``. Measured on the reach config, bf16, 2-core CPU: 1.02x a training
+step for diffusion, 1.11x for the autoregressive head (results/speed_before_after.md).
 """
 
 import torch

@@ -50,7 +50,7 @@ class FusionTransformer(nn.Module):
         self.query_norm = nn.LayerNorm(d_model)
         self.query_offsets = nn.Parameter(torch.zeros(config.n_queries, d_model))
         nn.init.normal_(self.query_offsets, std=0.02)
-        use_cheap_dropout(self)  # PyTorch's CPU dropout masks were a fifth of a training step
+        use_cheap_dropout(self)  # cheaper masks on a CPU (core/dropout.py)
 
     def forward(self, scene: torch.Tensor, scene_pad_mask: torch.Tensor, state_token: torch.Tensor) -> Context:
         """
