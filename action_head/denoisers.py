@@ -9,6 +9,8 @@ range) and ``cond`` is (B, cond_dim).
 
 import math
 import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,6 +51,28 @@ def _small_init(layer: nn.Conv1d | nn.Linear, scale: float = 0.1) -> None:
         layer.bias.zero_()
 
 
+class Conv1d(nn.Conv1d):
+    """``nn.Conv1d`` that, without gradients at batch <= ``MATMUL_MAX_BATCH``, runs as one matmul over
+    unfolded windows: the same result, the same weights and state-dict keys.
+
+    Why: at batch 1 (a robot re-planning) oneDNN's convolution on the U-Net's wide, short layers is
+    slow, e.g. 256 -> 256 channels, kernel 5, length 4: 0.41 ms, against 0.085 ms as a matmul (one CPU
+    thread; 0.23 vs 0.20 ms at batch 5, and the library conv wins from batch 10 and in training, where
+    unfold's backward is a scatter). ``python -m benchmarks.latency`` shows the re-plan it buys.
+    """
+
+    MATMUL_MAX_BATCH = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() or x.shape[0] > self.MATMUL_MAX_BATCH or self.groups != 1
+                or self.dilation != (1,) or self.padding_mode != "zeros" or isinstance(self.padding, str)):
+            return super().forward(x)
+        (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
+        windows = F.pad(x, (pad, pad)).unfold(2, k, stride)  # (B, C_in, L_out, k)
+        columns = rearrange(windows, "b c l k -> b l (c k)")  # the weight's (C_out, C_in, k) order
+        return rearrange(F.linear(columns, self.weight.flatten(1), self.bias), "b l c -> b c l")
+
+
 def _group_norm(channels: int, n_groups: int) -> nn.GroupNorm:
     # The largest group count <= n_groups that divides the width, so any width is valid.
     return nn.GroupNorm(math.gcd(n_groups, channels), channels)
@@ -60,7 +84,7 @@ class Conv1dBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int):
         super().__init__()
         self.block = nn.Sequential(
-            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
             _group_norm(out_channels, n_groups),
             nn.Mish(),
         )
@@ -70,24 +94,51 @@ class Conv1dBlock(nn.Module):
 
 
 class ConditionalResidualBlock1D(nn.Module):
-    """Two conv blocks with FiLM (per-channel scale and bias from ``cond``) after the first."""
+    """Two conv blocks with FiLM (per-channel scale and bias from concat(time features, condition))
+    after the first.
 
-    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, kernel_size: int, n_groups: int):
+    The FiLM layer is Mish then one Linear over the concatenation, so it splits exactly into a time
+    part and a condition part (:meth:`film_of_cond`), and a sampler computes the condition part once
+    per chunk instead of once per denoising step.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int, cond_dim: int, kernel_size: int,
+                 n_groups: int):
         super().__init__()
         self.conv1 = Conv1dBlock(in_channels, out_channels, kernel_size, n_groups)
         self.conv2 = Conv1dBlock(out_channels, out_channels, kernel_size, n_groups)
-        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
-        self.residual = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(time_dim + cond_dim, 2 * out_channels))
+        self.residual = Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.time_dim = time_dim
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x (B, C_in, L), cond (B, cond_dim) -> (B, C_out, L)."""
-        scale, bias = rearrange(self.film(cond), "b (two c) -> two b c 1", two=2)
+    def film_of_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, cond_dim) -> (B, 2 * C_out): the condition's share of the FiLM output, bias included."""
+        linear = self.film[1]
+        return F.linear(F.mish(cond), linear.weight[:, self.time_dim:], linear.bias)
+
+    def forward(self, x: torch.Tensor, time: torch.Tensor, cond_film: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, L), time features (B, time_dim), ``film_of_cond(cond)`` -> (B, C_out, L)."""
+        film = F.linear(F.mish(time), self.film[1].weight[:, :self.time_dim]) + cond_film
+        scale, bias = rearrange(film, "b (two c) -> two b c 1", two=2)
         # 1 + scale: an untrained block modulates around identity instead of near zero.
         out = self.conv1(x) * (1 + scale) + bias
         return self.conv2(out) + self.residual(x)
 
 
-class ConditionalUnet1D(nn.Module):
+class Denoiser(nn.Module, ABC):
+    """The interface of the networks the diffusion and flow heads iterate."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x (B, H, A), t (B,) float, cond (B, cond_dim) -> (B, H, A)."""
+
+    def conditioned(self, cond: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``(x, t) -> forward(x, t, cond)`` for a sampler that calls it at every step with the same
+        ``cond``; a denoiser computes there, once, what depends on ``cond`` alone."""
+        return lambda x, t: self(x, t, cond)
+
+
+class ConditionalUnet1D(Denoiser):
     """The Diffusion Policy 1-D U-Net (Chi et al. 2023): convolution over the chunk's time axis,
     FiLM-conditioned on concat(time embedding, global condition).
 
@@ -111,19 +162,18 @@ class ConditionalUnet1D(nn.Module):
             nn.Mish(),
             nn.Linear(4 * time_embed_dim, time_embed_dim),
         )
-        film_dim = time_embed_dim + cond_dim
         widths = [action_dim, *down_dims]
         levels = list(zip(widths[:-1], widths[1:]))
 
         def block(c_in: int, c_out: int) -> ConditionalResidualBlock1D:
-            return ConditionalResidualBlock1D(c_in, c_out, film_dim, kernel_size, n_groups)
+            return ConditionalResidualBlock1D(c_in, c_out, time_embed_dim, cond_dim, kernel_size, n_groups)
 
         self.down = nn.ModuleList()
         for i, (c_in, c_out) in enumerate(levels):
             last = i == len(levels) - 1
             self.down.append(nn.ModuleList([
                 block(c_in, c_out), block(c_out, c_out),
-                nn.Conv1d(c_out, c_out, 3, stride=2, padding=1) if not last else nn.Identity(),
+                Conv1d(c_out, c_out, 3, stride=2, padding=1) if not last else nn.Identity(),
             ]))
         self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
         # As in Diffusion Policy: every up level doubles the length back, and the finest skip is unused.
@@ -135,35 +185,49 @@ class ConditionalUnet1D(nn.Module):
             ]))
         self.final = nn.Sequential(
             Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
-            nn.Conv1d(down_dims[0], action_dim, 1),
+            Conv1d(down_dims[0], action_dim, 1),
         )
         _small_init(self.final[-1])
         self.length_multiple = 2 ** (len(down_dims) - 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x (B, H, A), t (B,) float, cond (B, cond_dim) -> (B, H, A)."""
-        horizon = x.shape[1]
-        cond = torch.cat([self.time_encoder(t), cond.to(torch.float32)], dim=-1)
-        h = rearrange(x, "b h a -> b a h")
-        # Pad so every downsampling halves exactly; replicate keeps the edge free of a false step.
-        pad = -horizon % self.length_multiple
-        if pad:
-            h = F.pad(h, (0, pad), mode="replicate")
-        skips = []
-        for res1, res2, downsample in self.down:
-            h = res2(res1(h, cond), cond)
-            skips.append(h)
-            h = downsample(h)
-        for res in self.mid:
-            h = res(h, cond)
-        for res1, res2, upsample in self.up:
-            h = torch.cat([h, skips.pop()], dim=1)
-            h = upsample(res2(res1(h, cond), cond))
-        h = self.final(h)[..., :horizon]
-        return rearrange(h, "b a h -> b h a")
+        return self.conditioned(cond)(x, t)
+
+    def conditioned(self, cond: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        cond = cond.float()
+        cond_films = {block: block.film_of_cond(cond) for block in self.modules()
+                      if isinstance(block, ConditionalResidualBlock1D)}
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            time = self.time_encoder(t)
+
+            def res(block: ConditionalResidualBlock1D, h: torch.Tensor) -> torch.Tensor:
+                return block(h, time, cond_films[block])
+
+            horizon = x.shape[1]
+            h = rearrange(x, "b h a -> b a h")
+            # Pad so every downsampling halves exactly; replicate keeps the edge free of a false step.
+            pad = -horizon % self.length_multiple
+            if pad:
+                h = F.pad(h, (0, pad), mode="replicate")
+            skips = []
+            for res1, res2, downsample in self.down:
+                h = res(res2, res(res1, h))
+                skips.append(h)
+                h = downsample(h)
+            for block in self.mid:
+                h = res(block, h)
+            for res1, res2, upsample in self.up:
+                h = torch.cat([h, skips.pop()], dim=1)
+                h = upsample(res(res2, res(res1, h)))
+            h = self.final(h)[..., :horizon]
+            return rearrange(h, "b a h -> b h a")
+
+        return denoise
 
 
-class MLPDenoiser(nn.Module):
+class MLPDenoiser(Denoiser):
     """A flat MLP on concat(flattened chunk, time embedding, cond); for short chunks and ablations.
 
     Args:
@@ -197,7 +261,7 @@ class MLPDenoiser(nn.Module):
 
 def build_denoiser(kind: str, action_dim: int, chunk_size: int, cond_dim: int, *,
                    down_dims: tuple[int, ...] = (64, 128, 256), mlp_hidden: int = 512, mlp_layers: int = 3,
-                   time_embed_dim: int = 128) -> nn.Module:
+                   time_embed_dim: int = 128) -> Denoiser:
     """A denoiser by name: "unet" (:class:`ConditionalUnet1D`) or "mlp" (:class:`MLPDenoiser`)."""
     if kind == "unet":
         return ConditionalUnet1D(action_dim, cond_dim, tuple(down_dims), time_embed_dim)
@@ -239,7 +303,7 @@ def hold_last_action(actions: torch.Tensor, action_is_pad: torch.Tensor) -> torc
     return actions.gather(1, repeat(last_valid, "b h -> b h a", a=actions.shape[2]))
 
 
-def make_denoiser(config: DenoiserHeadConfig, action_dim: int, chunk_size: int, cond_dim: int) -> nn.Module:
+def make_denoiser(config: DenoiserHeadConfig, action_dim: int, chunk_size: int, cond_dim: int) -> Denoiser:
     """The denoiser a head's config asks for."""
     return build_denoiser(config.denoiser, action_dim, chunk_size, cond_dim, down_dims=config.down_dims,
                           mlp_hidden=config.mlp_hidden, mlp_layers=config.mlp_layers,

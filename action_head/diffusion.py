@@ -56,9 +56,9 @@ class DiffusionHead(ActionHead):
 
     @torch.no_grad()
     def predict(self, context: Context, generator: Generators = None) -> torch.Tensor:
-        cond = context.global_vector().float()
+        denoise = self.denoiser.conditioned(context.global_vector().float())  # the context's share, once
         return self.schedule.sample(
-            lambda x, t: self.denoiser(x, t, cond),
+            denoise,
             (context.batch_size, self.chunk_size, self.action_dim),
             generator=generator, num_steps=self.config.num_inference_steps, method=self.config.sampler,
         )

@@ -74,6 +74,7 @@ class FlowHead(ActionHead):
         cond = context.global_vector().float()
         shape = (context.batch_size, self.chunk_size, self.action_dim)
         noise = rng.randn(shape, generator, cond.device)
-        x = euler_integrate(lambda x, t: self.denoiser(x, t * TIME_SCALE, cond), noise,
+        denoise = self.denoiser.conditioned(cond)  # what depends on the context alone, once per chunk
+        x = euler_integrate(lambda x, t: denoise(x, t * TIME_SCALE), noise,
                             self.config.num_inference_steps)
         return x.clamp(-1.0, 1.0)

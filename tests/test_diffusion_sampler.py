@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from action_head.base import build_head
+from action_head.denoisers import Denoiser
 from action_head.diffusion import DiffusionHeadConfig
 from action_head.flow import FlowHeadConfig, euler_integrate
 from action_head.noise_schedule import NoiseSchedule
@@ -109,7 +110,7 @@ def tiny_context(batch: int, n_queries: int = 2, d_model: int = 8) -> Context:
                    torch.randn(batch, 3, d_model, generator=generator), torch.zeros(batch, 3, dtype=torch.bool))
 
 
-class ExactMixtureEps(torch.nn.Module):
+class ExactMixtureEps(Denoiser):
     """Stands in for a trained denoiser: the closed-form epsilon, ignoring the condition."""
 
     def __init__(self, schedule: NoiseSchedule):
@@ -129,7 +130,7 @@ def test_diffusion_head_predict_with_exact_denoiser():
     assert looks_like_mixture(actions)
 
 
-class ExactPointVelocity(torch.nn.Module):
+class ExactPointVelocity(Denoiser):
     """The optimal velocity on the linear path when every target is the point c: (c - x_t) / (1 - t)."""
 
     def __init__(self, c: float):

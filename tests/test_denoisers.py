@@ -1,0 +1,88 @@
+"""The denoisers' fast inference path: the small-batch matmul convolution and the FiLM condition
+computed once per chunk must give what the plain computation gives."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from action_head.denoisers import ConditionalResidualBlock1D, ConditionalUnet1D, Conv1d, Denoiser, MLPDenoiser
+from action_head.diffusion import DiffusionHeadConfig
+from action_head.flow import FlowHeadConfig
+from action_head.base import build_head
+from fusion.context import Context
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(5, 1, 2), (3, 2, 1), (1, 1, 0)])
+@pytest.mark.parametrize("batch", [1, 3, Conv1d.MATMUL_MAX_BATCH])
+@pytest.mark.parametrize("length", [4, 9, 16])
+def test_matmul_convolution_equals_the_library_convolution(kernel, stride, padding, batch, length):
+    torch.manual_seed(0)
+    reference = nn.Conv1d(6, 5, kernel, stride=stride, padding=padding)
+    fast = Conv1d(6, 5, kernel, stride=stride, padding=padding)
+    fast.load_state_dict(reference.state_dict())  # the same weights and keys
+    x = torch.randn(batch, 6, length)
+    with torch.no_grad():
+        expected = reference(x)
+        got = fast(x)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_matmul_convolution_is_taken_only_without_gradients_at_small_batch(monkeypatch):
+    conv = Conv1d(4, 4, 3, padding=1)
+    calls = []
+    monkeypatch.setattr(F, "linear", lambda *args: calls.append(1) or torch.zeros(1, 4, 4))
+    with torch.no_grad():
+        conv(torch.randn(1, 4, 4))
+    assert calls == [1]
+    conv(torch.randn(1, 4, 4))  # gradients on: the library convolution
+    with torch.no_grad():
+        conv(torch.randn(Conv1d.MATMUL_MAX_BATCH + 1, 4, 4))
+    assert calls == [1]
+
+
+def test_film_split_into_time_and_condition_equals_the_concatenated_film():
+    torch.manual_seed(0)
+    block = ConditionalResidualBlock1D(8, 16, time_dim=6, cond_dim=10, kernel_size=3, n_groups=4)
+    time, cond = torch.randn(3, 6), torch.randn(3, 10)
+    split = F.linear(F.mish(time), block.film[1].weight[:, :6]) + block.film_of_cond(cond)
+    assert torch.allclose(split, block.film(torch.cat([time, cond], dim=-1)), atol=1e-6)
+
+
+def test_unet_checkpoint_keys_are_unchanged():
+    """Checkpoints saved before the FiLM split load: one Linear over concat(time, condition) per block."""
+    keys = ConditionalUnet1D(2, 8, (8, 16), time_embed_dim=4).state_dict()
+    assert keys["down.0.0.film.1.weight"].shape == (2 * 8, 4 + 8)
+    assert "down.0.0.conv1.block.0.weight" in keys and "final.1.weight" in keys
+
+
+@pytest.mark.parametrize("denoiser", [ConditionalUnet1D(3, 12, (8, 16), time_embed_dim=8),
+                                      MLPDenoiser(3, 5, 12, hidden=16, n_layers=2, time_embed_dim=8)],
+                         ids=["unet", "mlp"])
+def test_conditioned_denoiser_equals_the_plain_call(denoiser):
+    assert isinstance(denoiser, Denoiser)
+    torch.manual_seed(1)
+    cond = torch.randn(2, 12)
+    denoise = denoiser.conditioned(cond)
+    for t in (0.0, 37.0, 99.0):  # one condition, many steps
+        x, times = torch.randn(2, 5, 3), torch.full((2,), t)
+        assert torch.allclose(denoise(x, times), denoiser(x, times, cond), atol=1e-6)
+
+
+@pytest.mark.parametrize("config", [DiffusionHeadConfig(down_dims=(16, 32)), FlowHeadConfig(down_dims=(16, 32))],
+                         ids=["diffusion", "flow"])
+def test_fast_inference_path_gives_the_plain_chunk_for_a_fixed_generator(config, monkeypatch):
+    torch.manual_seed(0)
+    head = build_head(config, 16, 1, chunk_size=6, action_dim=2).eval()
+    g = torch.Generator().manual_seed(0)
+    context = Context(torch.randn(1, 1, 16, generator=g), torch.randn(1, 3, 16, generator=g),
+                      torch.zeros(1, 3, dtype=torch.bool))
+    fast = head.predict(context, torch.Generator().manual_seed(5))
+    monkeypatch.setattr(Conv1d, "MATMUL_MAX_BATCH", 0)  # the library convolution everywhere
+    once_per_chunk = ConditionalUnet1D.conditioned
+    monkeypatch.setattr(ConditionalUnet1D, "conditioned",  # the condition's FiLM recomputed at every step
+                        lambda self, cond: lambda x, t: once_per_chunk(self, cond)(x, t))
+    plain = head.predict(context, torch.Generator().manual_seed(5))
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert not torch.equal(fast, head.predict(context, torch.Generator().manual_seed(6)))
