@@ -1,6 +1,7 @@
 """Inference latency at batch 1, encoders included, per head.
 
     python -m benchmarks.latency --config configs/metaworld_reach.yaml [--heads diffusion flow] [--calls 200]
+    python -m benchmarks.latency --config configs/metaworld_reach.yaml --precision bf16   # as evaluate.py --precision
 
 Two numbers per head: ``select_action`` (one control step; the model runs every
 ``n_action_steps`` calls and the other calls pop the queue) and one re-plan
@@ -21,6 +22,7 @@ from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import benchmark, features_for
 from experiment.config import head_overrides, load_config
 from policy.backbones import build_policy
+from policy.base import INFERENCE_PRECISIONS
 
 
 def percentiles_ms(samples: list[float]) -> tuple[float, float]:
@@ -28,11 +30,11 @@ def percentiles_ms(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
-def measure_head(config, features, calls: int) -> dict[str, float]:
+def measure_head(config, features, calls: int, precision: str = "fp32") -> dict[str, float]:
     torch.manual_seed(config.seed)
     policy = build_policy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
-    policy.eval()
+    policy.for_inference(precision)  # as evaluate.py runs it
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, 1)
     obs = {OBS_STATE: batch[OBS_STATE][:, 0], TASK: batch[TASK]}
     if features.has_images:
@@ -54,13 +56,14 @@ def measure_head(config, features, calls: int) -> dict[str, float]:
             "plan_p50": plan50, "plan_p95": plan95}
 
 
-def latency_table(config_path: str, overrides: list[str], heads: list[str], calls: int) -> str:
+def latency_table(config_path: str, overrides: list[str], heads: list[str], calls: int,
+                  precision: str = "fp32") -> str:
     """Markdown: per head, select_action and re-plan latency against the env's control period."""
     lines = []
     for head, head_set in head_overrides(config_path, overrides, heads):
         config = load_config(config_path, head_set)
         hz = benchmark(config.env.name).fps
-        r = measure_head(config, features_for(config.env), calls)
+        r = measure_head(config, features_for(config.env), calls, precision)
         verdict = "yes" if r["plan_p95"] < 1000 / hz else "no"
         lines.append(f"| {head} | {r['step_p50']:.2f} / {r['step_p95']:.2f} / {r['step_mean']:.2f} | "
                      f"{r['plan_p50']:.1f} / {r['plan_p95']:.1f} | {hz} Hz ({1000 / hz:.1f} ms): {verdict} |")
@@ -75,10 +78,12 @@ def main() -> None:
     parser.add_argument("--heads", nargs="*", default=HEADS.names())
     parser.add_argument("--calls", type=int, default=200, help="select_action calls per head")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS,
+                        help="inference precision, as evaluate.py --precision")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{args.config}, batch 1, {args.threads} threads, device cpu")
-    print(latency_table(args.config, args.set, args.heads, args.calls))
+    print(f"{args.config}, batch 1, {args.threads} threads, device cpu, {args.precision}")
+    print(latency_table(args.config, args.set, args.heads, args.calls, args.precision))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from core.errors import MissingResourceError
+from core.errors import MissingResourceError, UserError
 from core.hub import load_pretrained, running_command
 from core.keys import ACTION, OBS_IMAGE, OBS_STATE, TASK
 from core.rng import Generators
@@ -190,10 +190,13 @@ class VLMPolicy(Policy):
         chunks = torch.stack([self.action_text.decode(text) for text in texts]).to(obs[OBS_STATE].device)
         return self._actions_out(obs, chunks)
 
-    def for_inference(self) -> "VLMPolicy":
+    def for_inference(self, precision: str = "fp32") -> "VLMPolicy":
         """LoRA adapters merged into the weights they adapt: the same outputs, one matrix per projection
         instead of three at every generated token (on an H200, 2.7 s per re-plan unmerged against 1.2 s
-        for the plain model of the same size)."""
+        for the plain model of the same size). Only fp32: bf16 inference is not built for this backbone."""
+        if precision != "fp32":
+            raise UserError(f"inference precision {precision} is for the modular backbone; "
+                            "evaluate the VLM backbone in fp32 (the default)")
         if self.config.vlm.lora_rank > 0 and hasattr(self.model, "merge_and_unload"):
             self.model = self.model.merge_and_unload()
             # From here on this is a plain model: saved, it reloads as one (no adapters to re-apply).

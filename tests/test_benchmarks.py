@@ -151,3 +151,17 @@ def test_levers_benchmark_times_each_lever_against_eager(tiny_text_model, monkey
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "x |" in line]
     assert [row.split("|")[1].strip() for row in rows] == ["eager", "no_fusion_dropout"]
     assert rows[0].rstrip().endswith("| 1.00x |")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_latency_benchmark_times_the_inference_precision_evaluate_uses(tiny_text_model, precision, monkeypatch):
+    from benchmarks import latency
+    from policy.base import Policy
+
+    used = []
+    original = Policy.for_inference
+    monkeypatch.setattr(Policy, "for_inference", lambda self, p="fp32": used.append(p) or original(self, p))
+    table = latency.latency_table(str(CONFIGS[0].parent / "metaworld_reach.yaml"),
+                                  [f"text.model_name={tiny_text_model}"], ["regression"], calls=4,
+                                  precision=precision)
+    assert "| regression |" in table and used == [precision]

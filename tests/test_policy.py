@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import SMALL_FEATURES, fake_batch, small_config, unit_stats
 
+from core.errors import UserError
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from envs.features import Features
 from policy.checkpoint import load_policy, save_policy
@@ -33,6 +34,20 @@ def test_forward_and_predict_shapes(tiny_text_model):
     assert loss.dim() == 0 and torch.isfinite(loss) and metrics
     chunk = policy.eval().predict_action_chunk(batch)
     assert chunk.shape == (3, 4, 3)
+
+
+@pytest.mark.parametrize("head", ["flow", "regression"])
+def test_bf16_inference_gives_the_fp32_chunk_up_to_bf16_rounding(tiny_text_model, head):
+    policy = make_policy(tiny_text_model, head).for_inference()
+    batch = fake_batch(SMALL_FEATURES, policy.config)
+    fp32 = policy.predict_action_chunk(batch, torch.Generator().manual_seed(0))
+    fast = policy.for_inference("bf16").predict_action_chunk(batch, torch.Generator().manual_seed(0))
+    assert policy.vision.trunk[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.dtype == torch.float32 and fast.shape == fp32.shape
+    span = float(fp32.abs().max())
+    assert 0 < (fast - fp32).abs().max() < 0.05 * span  # rounded, not another computation
+    with pytest.raises(UserError, match="inference precision 'fp16' is not one of fp32, bf16"):
+        policy.for_inference("fp16")
 
 
 def test_missing_statistics_raise(tiny_text_model):

@@ -63,11 +63,12 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path, tiny_overrides):
     assert written and json.loads(written[-1].read_text())["overall"]["episodes"] == 1
 
     out = subprocess.run([sys.executable, "evaluate.py", "--env", "metaworld", "--checkpoint", str(run),
-                          "--episodes", "2", "--videos", "0", "--protocol", "metaworld"], cwd=REPO, check=True,
-                         capture_output=True, text=True)
-    assert "protocol: metaworld" in out.stdout and "| reach-v3 |" in out.stdout
+                          "--episodes", "2", "--videos", "0", "--protocol", "metaworld", "--precision", "bf16"],
+                         cwd=REPO, check=True, capture_output=True, text=True)
+    assert "protocol: metaworld, inference precision: bf16" in out.stdout and "| reach-v3 |" in out.stdout
     newest = max(run.glob("eval_best_*.json"), key=lambda p: p.stat().st_mtime)
     assert json.loads(newest.read_text())["protocol"] == "metaworld"
+    assert json.loads(newest.read_text())["precision"] == "bf16"
 
     out = subprocess.run([sys.executable, "-m", "benchmarks.eval_speed", str(run / "checkpoints" / "best"),
                           "--episodes", "3", "--n-envs", "2"], cwd=REPO, check=True, capture_output=True, text=True)

@@ -262,6 +262,13 @@ def test_config_refuses_what_the_vlm_cannot_write():
         load_config(REPO / "configs" / "pusht_vlm.yaml", ["backbone.type=transformer"])
 
 
+def test_bf16_inference_is_refused_for_the_vlm_with_what_to_do(tiny_vlm):
+    from core.errors import UserError
+
+    with pytest.raises(UserError, match="evaluate the VLM backbone in fp32"):
+        vlm_policy(tiny_vlm).for_inference("bf16")
+
+
 def test_benchmarks_measure_the_vlm_once_and_each_modular_head(tiny_vlm):
     from experiment.config import head_overrides
 
