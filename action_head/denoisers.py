@@ -107,6 +107,8 @@ class ConditionalResidualBlock1D(nn.Module):
         super().__init__()
         self.conv1 = Conv1dBlock(in_channels, out_channels, kernel_size, n_groups)
         self.conv2 = Conv1dBlock(out_channels, out_channels, kernel_size, n_groups)
+        # Mish then Linear over concat(time, cond); applied in two parts (below), kept as one module so
+        # that checkpoints keep their keys.
         self.film = nn.Sequential(nn.Mish(), nn.Linear(time_dim + cond_dim, 2 * out_channels))
         self.residual = Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
         self.time_dim = time_dim
