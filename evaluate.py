@@ -88,8 +88,8 @@ def main() -> None:
                         help="denoising steps of a diffusion or flow head (default: the checkpoint's config); "
                              "fewer re-plan faster")
     parser.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS,
-                        help="bf16: the model under bf16 autocast, faster on CPUs with AVX-512 BF16 or AMX and on "
-                             "GPUs (modular backbone)")
+                        help="bf16: the modular model under bf16 autocast (whether it is faster depends on the "
+                             "head and the hardware: python -m benchmarks.latency --precision bf16)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     args = parser.parse_args()
     device = resolve_device(args.device)
