@@ -191,6 +191,8 @@ class ConditionalUnet1D(Denoiser):
         )
         _small_init(self.final[-1])
         self.length_multiple = 2 ** (len(down_dims) - 1)
+        # The FiLM blocks, listed once (a plain tuple: they are registered above, in down/mid/up).
+        self._film_blocks = tuple(m for m in self.modules() if isinstance(m, ConditionalResidualBlock1D))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x (B, H, A), t (B,) float, cond (B, cond_dim) -> (B, H, A)."""
@@ -198,8 +200,7 @@ class ConditionalUnet1D(Denoiser):
 
     def conditioned(self, cond: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         cond = cond.float()
-        cond_films = {block: block.film_of_cond(cond) for block in self.modules()
-                      if isinstance(block, ConditionalResidualBlock1D)}
+        cond_films = {block: block.film_of_cond(cond) for block in self._film_blocks}
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             time = self.time_encoder(t)
