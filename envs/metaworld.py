@@ -326,6 +326,37 @@ class MetaWorldEnv(gym.Env):
             action = self._expert.get_action(self._raw_obs)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
+    def goal_pixels(self, cameras: tuple[str, ...] | None = None) -> dict[str, int]:
+        """How many pixels of each camera's image show the goal now: those that change when the goal
+        is not drawn (neither the marker nor Meta-World's own goal site). 0 means the goal is out of
+        view or hidden behind the arm. ``cameras`` defaults to this env's (``corner`` if it has none).
+        """
+        import mujoco
+
+        if self._raw_obs is None:
+            raise RuntimeError("call reset() before goal_pixels()")
+        cameras = tuple(cameras or self.cameras or ("corner",))
+        unknown = [c for c in cameras if c not in CAMERAS]
+        if unknown:
+            raise ValueError(f"unknown camera(s) {', '.join(map(repr, unknown))}; valid: {', '.join(CAMERAS)}")
+        model = self.mw_env.model
+        site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+        if site < 0 and not self.goal_marker:
+            raise ValueError(f"{self.task} has no goal site to measure")
+        shown = self._render_images(cameras)
+        alpha, marker = (float(model.site_rgba[site, 3]) if site >= 0 else None), self.goal_marker
+        try:
+            if site >= 0:
+                model.site_rgba[site, 3] = 0.0
+            self.goal_marker = False
+            hidden = self._render_images(cameras)
+        finally:
+            if site >= 0:
+                model.site_rgba[site, 3] = alpha
+            self.goal_marker = marker
+        changed = (shown != hidden).any(axis=1)  # (N, H, W)
+        return {camera: int(changed[i].sum()) for i, camera in enumerate(cameras)}
+
     @property
     def layout(self) -> np.ndarray:
         """This episode's layout: Meta-World's random vector (object and goal positions; length depends on the task)."""

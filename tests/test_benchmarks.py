@@ -165,3 +165,20 @@ def test_latency_benchmark_times_the_inference_precision_evaluate_uses(tiny_text
                                   [f"text.model_name={tiny_text_model}"], ["regression"], calls=4,
                                   precision=precision)
     assert "| regression |" in table and used == [precision]
+
+
+def test_goal_visibility_sees_the_marker_larger_than_the_stock_goal():
+    pytest.importorskip("metaworld")
+    from benchmarks.goal_visibility import measure, table
+
+    stock = measure("reach-v3", 48, episodes=1, marker=False, near=0.1, every=10, steps=40)
+    marked = measure("reach-v3", 48, episodes=1, marker=True, near=0.1, every=10, steps=40)
+    assert set(stock) == {"corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV"}
+    frames = [len(v["far"]) + len(v["near"]) for v in stock.values()]
+    assert frames == [4] * len(stock)  # steps 0, 10, 20, 30 of one episode, every camera
+    for camera in ("corner", "topview"):
+        stock_px = stock[camera]["far"] + stock[camera]["near"]
+        marked_px = marked[camera]["far"] + marked[camera]["near"]
+        assert sum(marked_px) > sum(stock_px) > 0
+    text = table(stock)
+    assert text.count("\n") == 1 + len(stock) and "| gripperPOV |" in text

@@ -216,6 +216,30 @@ def test_goal_marker_is_drawn_only_when_on():
         marked.close()
 
 
+def test_goal_pixels_counts_the_drawn_goal_and_leaves_the_scene_as_it_was():
+    """The marker covers at least its magenta pixels; the stock site is seen but smaller; rendering after
+    the measurement gives the same images as before it (the site and marker are restored)."""
+    stock = MetaWorldEnv("reach-v3", cameras=("corner", "topview"), image_size=(SIZE, SIZE), goal_marker=False)
+    marked = MetaWorldEnv("reach-v3", cameras=("corner", "topview"), image_size=(SIZE, SIZE))
+    try:
+        seed = layout_seed("eval", 0)
+        marked_images = marked.reset(seed=seed)[0][OBS_IMAGE]
+        stock_images = stock.reset(seed=seed)[0][OBS_IMAGE]
+        marked_px, stock_px = marked.goal_pixels(), stock.goal_pixels()
+        assert set(marked_px) == set(stock_px) == {"corner", "topview"}
+        for i, camera in enumerate(("corner", "topview")):
+            assert marked_px[camera] >= _magenta_pixels(marked_images[i]) >= 3
+            assert 0 < stock_px[camera] < marked_px[camera]
+        np.testing.assert_array_equal(stock._render_images(stock.cameras), stock_images)
+        np.testing.assert_array_equal(marked._render_images(marked.cameras), marked_images)
+        assert set(stock.goal_pixels(("gripperPOV",))) == {"gripperPOV"}
+        with pytest.raises(ValueError, match="unknown camera"):
+            stock.goal_pixels(("nope",))
+    finally:
+        stock.close()
+        marked.close()
+
+
 def test_stock_instructions_name_no_marker():
     from envs.metaworld import instruction
 
