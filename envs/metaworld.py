@@ -186,10 +186,7 @@ class MetaWorldEnv(gym.Env):
                  goal_marker: bool = True):
         if task not in INSTRUCTIONS:
             raise ValueError(f"unknown Meta-World task {task!r}; valid: {', '.join(sorted(INSTRUCTIONS))}")
-        cameras = tuple(cameras)
-        unknown = [c for c in cameras if c not in CAMERAS]
-        if unknown:
-            raise ValueError(f"unknown camera(s) {', '.join(map(repr, unknown))}; valid: {', '.join(CAMERAS)}")
+        cameras = _known_cameras(cameras)
         if state not in ("proprio", "full"):
             raise ValueError(f"unknown state variant {state!r}; use 'proprio' or 'full'")
         height, width = (int(s) for s in image_size)
@@ -335,10 +332,7 @@ class MetaWorldEnv(gym.Env):
 
         if self._raw_obs is None:
             raise RuntimeError("call reset() before goal_pixels()")
-        cameras = tuple(cameras or self.cameras or ("corner",))
-        unknown = [c for c in cameras if c not in CAMERAS]
-        if unknown:
-            raise ValueError(f"unknown camera(s) {', '.join(map(repr, unknown))}; valid: {', '.join(CAMERAS)}")
+        cameras = _known_cameras(cameras or self.cameras or ("corner",))
         model = self.mw_env.model
         site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
         if site < 0 and not self.goal_marker:
@@ -397,6 +391,15 @@ class MetaWorldEnv(gym.Env):
                 image = image[::-1, ::-1]
             images.append(image.transpose(2, 0, 1))
         return np.ascontiguousarray(np.stack(images))
+
+
+def _known_cameras(cameras) -> tuple[str, ...]:
+    """``cameras`` as a tuple, or a ValueError that names the unknown ones and the valid ones."""
+    cameras = tuple(cameras)
+    unknown = [c for c in cameras if c not in CAMERAS]
+    if unknown:
+        raise ValueError(f"unknown camera(s) {', '.join(map(repr, unknown))}; valid: {', '.join(CAMERAS)}")
+    return cameras
 
 
 def _add_marker(scene, position: np.ndarray) -> None:
