@@ -149,26 +149,32 @@ class AutoregressiveHead(ActionHead):
         return rng.multinomial(probs, generator)
 
     @torch.no_grad()
-    def generate_tokens(self, context: Context, generator: Generators = None, use_cache: bool = True) -> torch.Tensor:
-        """Decode exactly L = H*A tokens, each a bin id in [0, n_bins).
+    def generate_tokens(self, context: Context, generator: Generators = None, use_cache: bool = True,
+                        length: int | None = None) -> torch.Tensor:
+        """Decode exactly ``length`` tokens (L = H*A by default), each a bin id in [0, n_bins).
 
         Args:
             context: fused observation tokens, batch B.
             generator: randomness for sampling (``temperature > 0``); must live on the context's
                 device. Dropout follows the module's mode, so call ``eval()`` for reproducible output.
             use_cache: decode with the key/value cache (the same tokens, far fewer operations).
+            length: how many tokens, <= L. Decoding is causal, so they are the first ``length`` of
+                the full decode.
         Returns:
-            (B, L) long token ids, timestep-major.
+            (B, length) long token ids, timestep-major.
         """
+        length = self.seq_len if length is None else length
+        if not 1 <= length <= self.seq_len:
+            raise ValueError(f"length must be in [1, {self.seq_len}], got {length}")
         memory, memory_pad = context.memory()
         tokens = torch.full((context.batch_size, 1), self.bos_id, dtype=torch.long, device=memory.device)
         if not use_cache or self.training:  # dropout in the layers: only the reference path applies it
-            for _ in range(self.seq_len):
+            for _ in range(length):
                 logits = self._logits(tokens, memory, memory_pad)[:, -1].float()
                 tokens = torch.cat([tokens, self._choose(logits, generator)[:, None]], dim=1)
             return tokens[:, 1:]  # drop BOS
         cache = _KVCache(self.decoder, memory, memory_pad)
-        for position in range(self.seq_len):
+        for position in range(length):
             x = self.token_embedding(tokens[:, -1:]) + self.position_embedding[position]
             logits = self.to_logits(cache.step(x))[:, -1].float()
             tokens = torch.cat([tokens, self._choose(logits, generator)[:, None]], dim=1)
@@ -177,8 +183,15 @@ class AutoregressiveHead(ActionHead):
     @torch.no_grad()
     def predict(self, context: Context, generator: Generators = None) -> torch.Tensor:
         """(B, H, A) float32 chunk of bin centers, in [-1, 1]; greedy unless ``temperature > 0``."""
-        tokens = self.generate_tokens(context, generator)
-        return rearrange(self.tokenizer.decode(tokens), "b (h a) -> b h a", h=self.chunk_size)
+        return self.predict_prefix(context, self.chunk_size, generator)
+
+    @torch.no_grad()
+    def predict_prefix(self, context: Context, steps: int, generator: Generators = None) -> torch.Tensor:
+        """The first ``steps`` steps of the chunk, decoding only their ``steps * A`` tokens: at
+        ``n_action_steps`` of a 16-step chunk, a quarter of the decoding."""
+        self._check_prefix(steps)
+        tokens = self.generate_tokens(context, generator, length=steps * self.action_dim)
+        return rearrange(self.tokenizer.decode(tokens), "b (h a) -> b h a", h=steps)
 
 
 class _KVCache:

@@ -70,6 +70,18 @@ class ActionHead(nn.Module, ABC):
         ``generator``: one for the batch, or one per row (then a row's draws depend on its own only).
         """
 
+    def predict_prefix(self, context: Context, steps: int, generator: Generators = None) -> torch.Tensor:
+        """(B, steps, A): exactly the first ``steps`` steps of ``predict``'s chunk for the same ``generator``
+        state, which is all a policy executes between re-plans. Heads that write the chunk jointly compute it
+        whole; a head that writes it step by step stops early (the autoregressive one).
+        """
+        self._check_prefix(steps)
+        return self.predict(context, generator)[:, :steps]
+
+    def _check_prefix(self, steps: int) -> None:
+        if not 1 <= steps <= self.chunk_size:
+            raise ValueError(f"steps must be in [1, {self.chunk_size}], got {steps}")
+
 
 def masked_mean(values: torch.Tensor, action_is_pad: torch.Tensor) -> torch.Tensor:
     """Mean of (B, H, ...) ``values`` over the steps that are not padding."""

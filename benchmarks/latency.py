@@ -5,7 +5,9 @@
 
 Two numbers per head: ``select_action`` (one control step; the model runs every
 ``n_action_steps`` calls and the other calls pop the queue) and one re-plan
-(``predict_action_chunk``), which bounds the worst control step. Compare with the control
+(``predict_action_chunk`` of the steps ``select_action`` executes: ``n_action_steps``, or the whole
+chunk when ensembling), which bounds the worst control step. ``--whole-chunk`` times the whole chunk
+instead (what the autoregressive head decoded at every re-plan before it stopped at the executed prefix). Compare with the control
 period: 100 ms at 10 Hz (PushT), 12.5 ms at 80 Hz (Meta-World).
 """
 
@@ -30,7 +32,8 @@ def percentiles_ms(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
-def measure_head(config, features, calls: int, precision: str = "fp32") -> dict[str, float]:
+def measure_head(config, features, calls: int, precision: str = "fp32", whole_chunk: bool = False
+                 ) -> dict[str, float]:
     torch.manual_seed(config.seed)
     policy = build_policy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
@@ -39,8 +42,10 @@ def measure_head(config, features, calls: int, precision: str = "fp32") -> dict[
     obs = {OBS_STATE: batch[OBS_STATE][:, 0], TASK: batch[TASK]}
     if features.has_images:
         obs[OBS_IMAGE] = batch[OBS_IMAGE][:, 0]
+    executed = whole_chunk or config.policy.ensemble != "none"
+    steps = None if executed else config.policy.n_action_steps  # as select_action asks
     for _ in range(3):  # warm-up: allocator, caches, the instruction's text embedding
-        policy.predict_action_chunk(batch)
+        policy.predict_action_chunk(batch, steps=steps)
     step, plan = [], []
     policy.reset()
     for _ in range(calls):
@@ -49,7 +54,7 @@ def measure_head(config, features, calls: int, precision: str = "fp32") -> dict[
         step.append(time.perf_counter() - start)
     for _ in range(max(10, calls // config.policy.n_action_steps)):
         start = time.perf_counter()
-        policy.predict_action_chunk(batch)
+        policy.predict_action_chunk(batch, steps=steps)
         plan.append(time.perf_counter() - start)
     (step50, step95), (plan50, plan95) = percentiles_ms(step), percentiles_ms(plan)
     return {"step_p50": step50, "step_p95": step95, "step_mean": float(np.mean(step)) * 1e3,
@@ -57,13 +62,13 @@ def measure_head(config, features, calls: int, precision: str = "fp32") -> dict[
 
 
 def latency_table(config_path: str, overrides: list[str], heads: list[str], calls: int,
-                  precision: str = "fp32") -> str:
+                  precision: str = "fp32", whole_chunk: bool = False) -> str:
     """Markdown: per head, select_action and re-plan latency against the env's control period."""
     lines = []
     for head, head_set in head_overrides(config_path, overrides, heads):
         config = load_config(config_path, head_set)
         hz = benchmark(config.env.name).fps
-        r = measure_head(config, features_for(config.env), calls, precision)
+        r = measure_head(config, features_for(config.env), calls, precision, whole_chunk)
         verdict = "yes" if r["plan_p95"] < 1000 / hz else "no"
         lines.append(f"| {head} | {r['step_p50']:.2f} / {r['step_p95']:.2f} / {r['step_mean']:.2f} | "
                      f"{r['plan_p50']:.1f} / {r['plan_p95']:.1f} | {hz} Hz ({1000 / hz:.1f} ms): {verdict} |")
@@ -80,10 +85,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS,
                         help="inference precision, as evaluate.py --precision")
+    parser.add_argument("--whole-chunk", action="store_true",
+                        help="time re-plans of the whole chunk, not of the n_action_steps select_action executes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.config}, batch 1, {args.threads} threads, device cpu, {args.precision}")
-    print(latency_table(args.config, args.set, args.heads, args.calls, args.precision))
+    print(latency_table(args.config, args.set, args.heads, args.calls, args.precision, args.whole_chunk))
 
 
 if __name__ == "__main__":

@@ -63,10 +63,13 @@ class Policy(nn.Module, ABC):
         """Training loss on a batch (see core.keys for shapes) -> (loss, metrics)."""
 
     @abstractmethod
-    def predict_action_chunk(self, obs: dict, generator: Generators = None) -> torch.Tensor:
+    def predict_action_chunk(self, obs: dict, generator: Generators = None, steps: int | None = None
+                             ) -> torch.Tensor:
         """Observation with a time axis -> (B, chunk_size, A) actions in raw env units.
 
         ``generator`` draws the sampling noise of stochastic policies (reproducible rollouts).
+        ``steps``: only the chunk's first ``steps`` actions, exactly those of the whole chunk (what
+        ``select_action`` executes; a head that writes the chunk step by step then stops early).
         """
 
     def cache_instructions(self, instructions: list[str]) -> None:
@@ -192,7 +195,9 @@ class Policy(nn.Module, ABC):
         if due:
             if generator is not None and not isinstance(generator, torch.Generator):
                 generator = [generator[i] for i in due]
-            chunks = self.predict_action_chunk(self._stack_history(due), generator)
+            ensembling = self.config.policy.ensemble != "none"  # blends whole chunks; else the queue's prefix
+            steps = None if ensembling else self.config.policy.n_action_steps
+            chunks = self.predict_action_chunk(self._stack_history(due), generator, steps)
             for i, chunk in zip(due, chunks):
                 row = self._rows[i]
                 if row.ensembler is not None:

@@ -72,10 +72,12 @@ class VLAPolicy(Policy):
         return self.head.loss(context, targets, batch[ACTION_IS_PAD])
 
     @torch.no_grad()
-    def predict_action_chunk(self, obs: dict, generator: Generators = None) -> torch.Tensor:
+    def predict_action_chunk(self, obs: dict, generator: Generators = None, steps: int | None = None
+                             ) -> torch.Tensor:
         with self.inference_autocast(obs[OBS_STATE].device):
             context = self.encode(obs)
-            chunk = self.head.predict(context, generator)
+            chunk = (self.head.predict(context, generator) if steps is None
+                     else self.head.predict_prefix(context, steps, generator))
         return self._actions_out(obs, chunk)
 
     def for_inference(self, precision: str = "fp32") -> "VLAPolicy":

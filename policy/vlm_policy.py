@@ -174,8 +174,10 @@ class VLMPolicy(Policy):
 
     # ---- inference --------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_action_chunk(self, obs: dict, generator: Generators = None) -> torch.Tensor:
-        """Greedy, grammar-constrained decoding (``generator`` is unused: decoding is deterministic)."""
+    def predict_action_chunk(self, obs: dict, generator: Generators = None, steps: int | None = None
+                             ) -> torch.Tensor:
+        """Greedy, grammar-constrained decoding (``generator`` is unused: decoding is deterministic).
+        ``steps`` slices the decoded chunk; the text is still written whole."""
         from transformers import LogitsProcessorList
 
         self._check_observation(obs)
@@ -188,7 +190,7 @@ class VLMPolicy(Policy):
                                   pad_token_id=self.pad_id)
         texts = self.tokenizer.batch_decode(out[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)
         chunks = torch.stack([self.action_text.decode(text) for text in texts]).to(obs[OBS_STATE].device)
-        return self._actions_out(obs, chunks)
+        return self._actions_out(obs, chunks[:, :steps])
 
     def for_inference(self, precision: str = "fp32") -> "VLMPolicy":
         """LoRA adapters merged into the weights they adapt: the same outputs, one matrix per projection

@@ -200,3 +200,13 @@ def test_cached_decoding_gives_the_uncached_tokens(temperature: float):
     steps = [head.to_logits(cache.step(head.token_embedding(inputs[:, t:t + 1]) + head.position_embedding[t]))
              for t in range(head.seq_len)]
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+def test_prefix_decodes_only_its_tokens():
+    """A re-plan that executes 2 of the H steps decodes 2 * A tokens, not H * A."""
+    head = make_head(n_layers=2).eval()
+    calls = []
+    head.to_logits.register_forward_hook(lambda *_: calls.append(1))
+    prefix = head.predict_prefix(make_context(seed=3), 2)
+    assert prefix.shape == (B, 2, A)
+    assert len(calls) == 2 * A

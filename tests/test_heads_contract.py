@@ -74,6 +74,20 @@ def test_same_generator_same_output(name):
 
 
 @pytest.mark.parametrize("name", HEADS.names())
+@pytest.mark.parametrize("steps", [1, 3])
+def test_prefix_is_the_chunk_start(name, steps):
+    """What select_action executes between re-plans: exactly the first steps of the sampled chunk."""
+    head = make_head(name, **({"temperature": 1.0} if name == "autoregressive" else {})).eval()
+    context = make_context()
+    chunk = head.predict(context, torch.Generator().manual_seed(7))
+    prefix = head.predict_prefix(context, steps, torch.Generator().manual_seed(7))
+    assert torch.equal(prefix, chunk[:, :steps])
+    for bad in (0, H + 1):
+        with pytest.raises(ValueError, match="steps must be in"):
+            head.predict_prefix(context, bad)
+
+
+@pytest.mark.parametrize("name", HEADS.names())
 def test_padded_steps_do_not_change_the_loss(name):
     head = make_head(name).eval()  # eval: no dropout, so the loss is a function of the inputs and the RNG
     context = make_context()

@@ -67,15 +67,19 @@ def test_bad_observation_shapes_give_clear_errors(tiny_text_model):
         policy({**batch, OBS_IMAGE: batch[OBS_IMAGE][..., :16, :16]})
 
 
-def test_select_action_calls_the_model_once_every_n_action_steps(tiny_text_model):
-    policy = make_policy(tiny_text_model, overrides=["policy.n_action_steps=3"]).eval()
+@pytest.mark.parametrize("head", ["regression", "autoregressive"])
+def test_select_action_calls_the_model_once_every_n_action_steps(tiny_text_model, head):
+    """Each re-plan asks for the n_action_steps the queue executes (the autoregressive head decodes
+    only those), and the actions are the whole chunk's first steps."""
+    policy = make_policy(tiny_text_model, head, overrides=["policy.n_action_steps=3"]).eval()
     batch = fake_batch(SMALL_FEATURES, policy.config, batch_size=2)
     chunks = []
     original = policy.predict_action_chunk
 
-    def spy(obs, generator=None):
-        chunks.append(original(obs, generator))
-        return chunks[-1]
+    def spy(obs, generator=None, steps=None):
+        assert steps == 3
+        chunks.append(original(obs, generator))  # the whole chunk, to compare with
+        return original(obs, generator, steps)
 
     policy.predict_action_chunk = spy
     actions = [policy.select_action(step_obs(batch)) for _ in range(7)]
@@ -92,16 +96,18 @@ def test_ensembling_replans_every_step(tiny_text_model):
     batch = fake_batch(SMALL_FEATURES, policy.config, batch_size=1)
     calls = []
     original = policy.predict_action_chunk
-    policy.predict_action_chunk = lambda obs, generator=None: calls.append(1) or original(obs, generator)
+    policy.predict_action_chunk = lambda obs, generator=None, steps=None: (calls.append(steps)
+                                                                           or original(obs, generator, steps))
     for _ in range(5):
         assert policy.select_action(step_obs(batch)).shape == (1, 3)
-    assert len(calls) == 5
+    assert calls == [None] * 5  # the ensembler blends whole chunks
 
 
 def test_observation_history_is_stacked_in_time_order(tiny_text_model):
     policy = make_policy(tiny_text_model, overrides=["policy.n_obs_steps=2"]).eval()
     seen = []
-    policy.predict_action_chunk = lambda obs, generator=None: seen.append(obs[OBS_STATE].clone()) or torch.zeros(1, 4, 3)
+    policy.predict_action_chunk = (lambda obs, generator=None, steps=None:
+                                   seen.append(obs[OBS_STATE].clone()) or torch.zeros(1, 4, 3))
     states = [torch.full((1, 4), float(i)) for i in range(3)]
     images = torch.zeros(1, 1, 3, 32, 32, dtype=torch.uint8)
     for state in states:
