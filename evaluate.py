@@ -88,8 +88,9 @@ def main() -> None:
                         help="denoising steps of a diffusion or flow head (default: the checkpoint's config); "
                              "fewer re-plan faster")
     parser.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS,
-                        help="bf16: the modular model under bf16 autocast (whether it is faster depends on the "
-                             "head and the hardware: python -m benchmarks.latency --precision bf16)")
+                        help="bf16: the modular model's encoders and fusion under bf16 autocast, its head in fp32 "
+                             "(whether it is faster depends on the hardware: python -m benchmarks.latency "
+                             "--precision bf16)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     args = parser.parse_args()
     device = resolve_device(args.device)

@@ -32,3 +32,7 @@ class Context:
         """(B, Q+N, d) tokens and their (B, Q+N) padding mask, for heads that cross-attend."""
         query_mask = torch.zeros(self.query.shape[:2], dtype=torch.bool, device=self.query.device)
         return torch.cat([self.query, self.scene], dim=1), torch.cat([query_mask, self.scene_pad_mask], dim=1)
+
+    def float(self) -> "Context":
+        """This context in float32 (a head run outside autocast reads fp32 tokens)."""
+        return Context(self.query.float(), self.scene.float(), self.scene_pad_mask)

@@ -84,8 +84,8 @@ class Policy(nn.Module, ABC):
         """This policy in its fastest form for evaluation, once it will not train again (itself by
         default; the VLM folds LoRA adapters into its weights). The result is not for training or saving.
 
-        ``precision``: "fp32", or "bf16" to run the model under bf16 autocast. Whether that is faster
-        depends on the head and the hardware (``benchmarks.latency --precision``), and chunks differ
+        ``precision``: "fp32", or "bf16" to encode the observation under bf16 autocast. Whether that is
+        faster depends on the hardware (``benchmarks.latency --precision``), and chunks differ
         from fp32 by bf16 rounding, so check success too.
         """
         if precision not in INFERENCE_PRECISIONS:

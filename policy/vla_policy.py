@@ -76,13 +76,17 @@ class VLAPolicy(Policy):
                              ) -> torch.Tensor:
         with self.inference_autocast(obs[OBS_STATE].device):
             context = self.encode(obs)
-            chunk = (self.head.predict(context, generator) if steps is None
-                     else self.head.predict_prefix(context, steps, generator))
+        # The head runs in fp32 at every precision: its batch-1 matmuls are small and weight-bound, and
+        # autocast would re-cast each weight at each of its denoising or decoding calls.
+        context = context.float()
+        chunk = (self.head.predict(context, generator) if steps is None
+                 else self.head.predict_prefix(context, steps, generator))
         return self._actions_out(obs, chunk)
 
     def for_inference(self, precision: str = "fp32") -> "VLAPolicy":
-        """See ``Policy.for_inference``. In bf16 the ResNet also runs channels-last: oneDNN's bf16
-        convolutions and the stem's max-pool are fast in that layout (NCHW max-pool: 20x slower at batch 1)."""
+        """See ``Policy.for_inference``. "bf16" runs the encoders and the fusion under bf16 autocast, with
+        the ResNet in channels-last (oneDNN's bf16 convolutions and the stem's max-pool are fast in that
+        layout; NCHW max-pool: 20x slower at batch 1); the action head stays fp32."""
         super().for_inference(precision)
         if precision == "bf16" and self.vision is not None:
             self.vision.to(memory_format=torch.channels_last)

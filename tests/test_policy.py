@@ -46,6 +46,12 @@ def test_bf16_inference_gives_the_fp32_chunk_up_to_bf16_rounding(tiny_text_model
     assert fast.dtype == torch.float32 and fast.shape == fp32.shape
     span = float(fp32.abs().max())
     assert 0 < (fast - fp32).abs().max() < 0.05 * span  # rounded, not another computation
+    seen = []
+    predict = policy.head.predict
+    policy.head.predict = lambda context, generator=None: (
+        seen.append((context.query.dtype, torch.is_autocast_enabled("cpu"))) or predict(context))
+    policy.predict_action_chunk(batch)
+    assert seen == [(torch.float32, False)]  # the head reads an fp32 context, outside autocast
     with pytest.raises(UserError, match="inference precision 'fp16' is not one of fp32, bf16"):
         policy.for_inference("fp16")
 
