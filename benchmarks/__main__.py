@@ -4,7 +4,8 @@
 
 1. Training throughput per head and precision on the Meta-World reach config, with the fraction of
    this machine's matmul peak measured in the same run, and a profile of the bf16 step.
-2. ``select_action`` latency at batch 1 per head, against 80 Hz (Meta-World) and 10 Hz (PushT).
+2. ``select_action`` latency at batch 1 per head and inference precision, against 80 Hz (Meta-World)
+   and 10 Hz (PushT); the diffusion and flow re-plans against their number of denoising steps.
 3. Parameters and peak training-step memory per config and head, against the 1 GiB budget.
 4. Throughput and memory against batch size, cameras and chunk size.
 Synthetic inputs of each config's shapes; no data or environment is needed. About 10 minutes on 2 cores.
@@ -20,8 +21,10 @@ from action_head import HEADS
 from benchmarks import latency, memory, scaling, throughput
 from core.errors import ArgumentParser, run_main
 from experiment.config import load_config
+from policy.base import INFERENCE_PRECISIONS
 
 REACH = "configs/metaworld_reach.yaml"
+DENOISING_STEPS = [1, 2, 4, 10]
 LATENCY_CONFIGS = ["configs/metaworld_reach.yaml", "configs/pusht.yaml"]
 MEMORY_CONFIGS = ["configs/metaworld_reach.yaml", "configs/metaworld_mt10.yaml", "configs/pusht.yaml",
                   "configs/pusht_state.yaml"]
@@ -50,7 +53,12 @@ def main() -> None:
     section(f"Where a bf16 training step's time goes ({heads[0]} head, 3 steps, top operators by self time)",
             f"```\n{throughput.profile_step(config)}\n```")
     for path in LATENCY_CONFIGS:
-        section(f"select_action latency at batch 1 ({path})", latency.latency_table(path, args.set, heads, calls))
+        for precision in INFERENCE_PRECISIONS:
+            section(f"select_action latency at batch 1 ({path}, {precision} inference)",
+                    latency.latency_table(path, args.set, heads, calls, precision))
+    for precision in INFERENCE_PRECISIONS:
+        section(f"Re-plan p50 / p95 ms against denoising steps ({REACH}, {precision} inference)",
+                latency.steps_table(REACH, args.set, list(latency.DENOISING_HEADS), DENOISING_STEPS, calls, precision))
     section("Parameters and peak training-step memory", memory.memory_table(MEMORY_CONFIGS, args.set, heads))
     axes = scaling.AXES if not args.quick else {k: v[:2] for k, v in scaling.AXES.items()}
     section(f"Scaling ({REACH}, diffusion head, its precision)", scaling.scaling_table(REACH, args.set, axes))

@@ -2,6 +2,7 @@
 
     python -m benchmarks.latency --config configs/metaworld_reach.yaml [--heads diffusion flow] [--calls 200]
     python -m benchmarks.latency --config configs/metaworld_reach.yaml --precision bf16   # as evaluate.py --precision
+    python -m benchmarks.latency --config configs/metaworld_reach.yaml --denoising-steps 1 2 4 10
 
 Two numbers per head: ``select_action`` (one control step; the model runs every
 ``n_action_steps`` calls and the other calls pop the queue) and one re-plan
@@ -18,13 +19,16 @@ import numpy as np
 import torch
 
 from action_head import HEADS
-from core.errors import ArgumentParser, run_main
+from core.errors import ArgumentParser, UserError, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import benchmark, features_for
 from experiment.config import head_overrides, load_config
 from policy.backbones import build_policy
 from policy.base import INFERENCE_PRECISIONS
+
+
+DENOISING_HEADS = ("diffusion", "flow")  # the heads with action_head.num_inference_steps
 
 
 def percentiles_ms(samples: list[float]) -> tuple[float, float]:
@@ -77,6 +81,21 @@ def latency_table(config_path: str, overrides: list[str], heads: list[str], call
     return "\n".join(header + lines)
 
 
+def steps_table(config_path: str, overrides: list[str], heads: list[str], steps: list[int], calls: int,
+                precision: str = "fp32") -> str:
+    """Markdown: re-plan p50 / p95 of the denoising heads against their number of denoising steps."""
+    lines = []
+    for head, head_set in head_overrides(config_path, overrides, heads):
+        cells = []
+        for n in steps:
+            config = load_config(config_path, [*head_set, f"action_head.num_inference_steps={n}"])
+            r = measure_head(config, features_for(config.env), calls, precision)
+            cells.append(f"{r['plan_p50']:.1f} / {r['plan_p95']:.1f}")
+        lines.append(f"| {head} | " + " | ".join(cells) + " |")
+    header = ["| head | " + " | ".join(f"{n} steps" for n in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+    return "\n".join(header + lines)
+
+
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_config_arguments()
@@ -85,12 +104,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS,
                         help="inference precision, as evaluate.py --precision")
+    parser.add_argument("--denoising-steps", type=int, nargs="+", metavar="N",
+                        help="instead: re-plan p50 / p95 of the diffusion and flow heads at each of these "
+                             "numbers of denoising steps (evaluate.py --inference-steps)")
     parser.add_argument("--whole-chunk", action="store_true",
                         help="time re-plans of the whole chunk, not of the n_action_steps select_action executes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.config}, batch 1, {args.threads} threads, device cpu, {args.precision}")
-    print(latency_table(args.config, args.set, args.heads, args.calls, args.precision, args.whole_chunk))
+    if args.denoising_steps:
+        heads = [h for h in args.heads if h in DENOISING_HEADS]
+        if not heads:
+            raise UserError(f"--denoising-steps times the {' and '.join(DENOISING_HEADS)} heads; "
+                            f"--heads names neither")
+        print(steps_table(args.config, args.set, heads, args.denoising_steps, args.calls, args.precision))
+    else:
+        print(latency_table(args.config, args.set, args.heads, args.calls, args.precision, args.whole_chunk))
 
 
 if __name__ == "__main__":

@@ -167,6 +167,40 @@ def test_latency_benchmark_times_the_inference_precision_evaluate_uses(tiny_text
     assert "| regression |" in table and used == [precision]
 
 
+@pytest.mark.parametrize("whole_chunk", [False, True])
+def test_latency_times_the_replan_select_action_runs(tiny_text_model, whole_chunk, monkeypatch):
+    """A re-plan is timed for the n_action_steps select_action executes, or for the whole chunk."""
+    from benchmarks import latency
+    from policy.vla_policy import VLAPolicy
+
+    asked = set()
+    original = VLAPolicy.predict_action_chunk
+    monkeypatch.setattr(VLAPolicy, "predict_action_chunk",
+                        lambda self, obs, generator=None, steps=None: asked.add(steps) or original(self, obs, generator, steps))
+    path = str(CONFIGS[0].parent / "metaworld_reach.yaml")
+    latency.latency_table(path, [f"text.model_name={tiny_text_model}"], ["autoregressive"], calls=4,
+                          whole_chunk=whole_chunk)
+    n_action_steps = load_config(path, [f"text.model_name={tiny_text_model}"]).policy.n_action_steps
+    assert asked == ({None, n_action_steps} if whole_chunk else {n_action_steps})  # select_action: the prefix
+
+
+def test_denoising_steps_table_times_each_step_count(tiny_text_model, monkeypatch):
+    from benchmarks import latency
+
+    timed = []
+
+    def fake_measure(config, features, calls, precision="fp32", whole_chunk=False):
+        timed.append((config.action_head.type, config.action_head.num_inference_steps, precision))
+        return {"plan_p50": 1.0, "plan_p95": 2.0}
+
+    monkeypatch.setattr(latency, "measure_head", fake_measure)
+    table = latency.steps_table(str(CONFIGS[0].parent / "metaworld_reach.yaml"), [f"text.model_name={tiny_text_model}"],
+                                ["diffusion", "flow"], [1, 4], calls=4, precision="bf16")
+    assert timed == [("diffusion", 1, "bf16"), ("diffusion", 4, "bf16"), ("flow", 1, "bf16"), ("flow", 4, "bf16")]
+    assert table.splitlines()[0] == "| head | 1 steps | 4 steps |"
+    assert "| flow | 1.0 / 2.0 | 1.0 / 2.0 |" in table
+
+
 def test_goal_visibility_sees_the_marker_larger_than_the_stock_goal():
     pytest.importorskip("metaworld")
     from benchmarks.goal_visibility import measure, table
