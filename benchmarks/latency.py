@@ -7,9 +7,9 @@
 Two numbers per head: ``select_action`` (one control step; the model runs every
 ``n_action_steps`` calls and the other calls pop the queue) and one re-plan
 (``predict_action_chunk`` of the steps ``select_action`` executes: ``n_action_steps``, or the whole
-chunk when ensembling), which bounds the worst control step. ``--whole-chunk`` times the whole chunk
-instead (what the autoregressive head decoded at every re-plan before it stopped at the executed prefix). Compare with the control
-period: 100 ms at 10 Hz (PushT), 12.5 ms at 80 Hz (Meta-World).
+chunk when ensembling), which bounds the worst control step. Compare with the control period:
+100 ms at 10 Hz (PushT), 12.5 ms at 80 Hz (Meta-World). ``--whole-chunk`` times re-plans of the
+whole chunk (the autoregressive head decodes all of it then, as it did at every re-plan before).
 """
 
 import argparse
@@ -46,8 +46,7 @@ def measure_head(config, features, calls: int, precision: str = "fp32", whole_ch
     obs = {OBS_STATE: batch[OBS_STATE][:, 0], TASK: batch[TASK]}
     if features.has_images:
         obs[OBS_IMAGE] = batch[OBS_IMAGE][:, 0]
-    executed = whole_chunk or config.policy.ensemble != "none"
-    steps = None if executed else config.policy.n_action_steps  # as select_action asks
+    steps = None if whole_chunk else policy.replan_steps  # as select_action asks
     for _ in range(3):  # warm-up: allocator, caches, the instruction's text embedding
         policy.predict_action_chunk(batch, steps=steps)
     step, plan = [], []

@@ -169,6 +169,12 @@ class Policy(nn.Module, ABC):
             stacked[OBS_IMAGE] = torch.stack([torch.stack([o[OBS_IMAGE] for o in h]) for h in histories])
         return stacked
 
+    @property
+    def replan_steps(self) -> int | None:
+        """The steps ``select_action`` asks of a re-plan: the ``n_action_steps`` its queue executes, or
+        None (the whole chunk) when an ensembler blends chunks."""
+        return None if self.config.policy.ensemble != "none" else self.config.policy.n_action_steps
+
     @torch.no_grad()
     def select_action(self, obs: dict, generator: Generators = None) -> torch.Tensor:
         """One control step. ``obs``: state (B, S), images (B, N_cam, 3, H, W), task list -> (B, A) raw.
@@ -195,9 +201,7 @@ class Policy(nn.Module, ABC):
         if due:
             if generator is not None and not isinstance(generator, torch.Generator):
                 generator = [generator[i] for i in due]
-            ensembling = self.config.policy.ensemble != "none"  # blends whole chunks; else the queue's prefix
-            steps = None if ensembling else self.config.policy.n_action_steps
-            chunks = self.predict_action_chunk(self._stack_history(due), generator, steps)
+            chunks = self.predict_action_chunk(self._stack_history(due), generator, self.replan_steps)
             for i, chunk in zip(due, chunks):
                 row = self._rows[i]
                 if row.ensembler is not None:
