@@ -189,7 +189,7 @@ class AutoregressiveHead(ActionHead):
     def predict_prefix(self, context: Context, steps: int, generator: Generators = None) -> torch.Tensor:
         """The first ``steps`` steps of the chunk, decoding only their ``steps * A`` tokens: at
         ``n_action_steps`` of a 16-step chunk, a quarter of the decoding."""
-        self._check_prefix(steps)
+        self._check_prefix(steps)  # generate_tokens checks its length again, but names `length`, not `steps`
         tokens = self.generate_tokens(context, generator, length=steps * self.action_dim)
         return rearrange(self.tokenizer.decode(tokens), "b (h a) -> b h a", h=steps)
 

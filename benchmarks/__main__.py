@@ -30,6 +30,16 @@ MEMORY_CONFIGS = ["configs/metaworld_reach.yaml", "configs/metaworld_mt10.yaml",
                   "configs/pusht_state.yaml"]
 
 
+def describe_override(override: str) -> str:
+    """``key=value`` for the report's header, with a local path cut to its last two parts (the header
+    is committed: it must name what a reader can find, e.g. a package's model folder, not this machine)."""
+    key, _, value = override.partition("=")
+    path = Path(value).expanduser()
+    if not path.is_absolute() or not path.exists():
+        return override
+    return f"{key}=<local>/{'/'.join(path.parts[-2:])}"
+
+
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -41,7 +51,7 @@ def main() -> None:
     steps, calls = (2, 16) if args.quick else (6, 200)
     sections = [f"# EasyVLA benchmarks\n\n{time.strftime('%Y-%m-%d %H:%M')}, {throughput.cpu_description()}, "
                 f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU. Overrides: "
-                f"{' '.join(args.set) or 'none'}."]
+                f"{' '.join(map(describe_override, args.set)) or 'none'}."]
 
     def section(title: str, body: str) -> None:
         sections.append(f"## {title}\n\n{body}")

@@ -119,7 +119,7 @@ class Policy(nn.Module, ABC):
     def _new_row(self) -> "_RowState":
         pc = self.config.policy
         ensembler = (TemporalEnsembler(pc.ensemble, pc.chunk_size, pc.ensemble_coeff, pc.ensemble_k)
-                     if pc.ensemble != "none" else None)
+                     if self.replan_steps is None else None)
         return _RowState(deque(maxlen=pc.n_obs_steps), ActionQueue(pc.n_action_steps), ensembler)
 
     # ---- model ----------------------------------------------------------------------------

@@ -216,3 +216,15 @@ def test_goal_visibility_sees_the_marker_larger_than_the_stock_goal():
         assert sum(marked_px) > sum(stock_px) > 0
     text = table(stock)
     assert text.count("\n") == 1 + len(stock) and "| gripperPOV |" in text
+
+
+def test_report_header_names_no_local_path(tmp_path):
+    """The committed report's header must not carry this machine's absolute paths."""
+    from benchmarks.__main__ import describe_override
+    model = tmp_path / "some_package" / "model"
+    model.mkdir(parents=True)
+    described = describe_override(f"text.model_name={model}")
+    assert described == "text.model_name=<local>/some_package/model"
+    assert str(tmp_path) not in described
+    assert describe_override("text.model_name=distilbert-base-uncased") == "text.model_name=distilbert-base-uncased"
+    assert describe_override("train.steps=10") == "train.steps=10"
