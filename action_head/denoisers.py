@@ -7,10 +7,11 @@ Every denoiser has the signature ``forward(x, t, cond) -> (B, H, A)`` where ``x`
 range) and ``cond`` is (B, cond_dim).
 """
 
+import contextlib
 import math
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,22 @@ from core.configuration import ConfigError, doc_field
 
 DenoiserKind = Literal["unet", "mlp"]
 DENOISER_KINDS: tuple[str, ...] = typing.get_args(DenoiserKind)
+
+_plain = False  # True inside plain_inference()
+
+
+@contextlib.contextmanager
+def plain_inference() -> Iterator[None]:
+    """Inside: the U-Net's re-plan without its fast path (the library convolution at every batch size,
+    the condition's FiLM part recomputed at every denoising step). The same numbers up to float
+    rounding; it is the reference the fast path is tested and timed against
+    (``python -m benchmarks.latency --fast-path``). Process-wide, not thread-safe."""
+    global _plain
+    previous, _plain = _plain, True
+    try:
+        yield
+    finally:
+        _plain = previous
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -64,7 +81,7 @@ class Conv1d(nn.Conv1d):
     MATMUL_MAX_BATCH = 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() or x.shape[0] > self.MATMUL_MAX_BATCH or self.groups != 1
+        if (_plain or torch.is_grad_enabled() or x.shape[0] > self.MATMUL_MAX_BATCH or self.groups != 1
                 or self.dilation != (1,) or self.padding_mode != "zeros" or isinstance(self.padding, str)):
             return super().forward(x)
         (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
@@ -200,9 +217,14 @@ class ConditionalUnet1D(Denoiser):
 
     def conditioned(self, cond: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         cond = cond.float()
-        cond_films = {block: block.film_of_cond(cond) for block in self._film_blocks}
+
+        def films() -> dict:
+            return {block: block.film_of_cond(cond) for block in self._film_blocks}
+
+        once = None if _plain else films()
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            cond_films = films() if once is None else once
             time = self.time_encoder(t)
 
             def res(block: ConditionalResidualBlock1D, h: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
     python -m benchmarks.latency --config configs/metaworld_reach.yaml [--heads diffusion flow] [--calls 200]
     python -m benchmarks.latency --config configs/metaworld_reach.yaml --precision bf16   # as evaluate.py --precision
     python -m benchmarks.latency --config configs/metaworld_reach.yaml --denoising-steps 1 2 4 10
+    python -m benchmarks.latency --config configs/metaworld_reach.yaml --fast-path
 
 Two numbers per head: ``select_action`` (one control step; the model runs every
 ``n_action_steps`` calls and the other calls pop the queue) and one re-plan
@@ -10,15 +11,19 @@ Two numbers per head: ``select_action`` (one control step; the model runs every
 chunk when ensembling), which bounds the worst control step. Compare with the control period:
 100 ms at 10 Hz (PushT), 12.5 ms at 80 Hz (Meta-World). ``--whole-chunk`` times re-plans of the
 whole chunk (the autoregressive head decodes all of it then, as it did at every re-plan before).
+``--fast-path`` times the U-Net heads' re-plan with and without its fast path, interleaved in one
+process (separate runs drift by more than the difference).
 """
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
 import torch
 
 from action_head import HEADS
+from action_head.denoisers import plain_inference
 from core.errors import ArgumentParser, UserError, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
@@ -36,13 +41,19 @@ def percentiles_ms(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
-def measure_head(config, features, calls: int, precision: str = "fp32", whole_chunk: bool = False
-                 ) -> dict[str, float]:
+def inference_policy(config, features, precision: str):
+    """A policy with random weights and unit statistics, set up as evaluate.py runs it, and a batch-1
+    observation batch of its shapes."""
     torch.manual_seed(config.seed)
     policy = build_policy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
-    policy.for_inference(precision)  # as evaluate.py runs it
-    batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, 1)
+    policy.for_inference(precision)
+    return policy, synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, 1)
+
+
+def measure_head(config, features, calls: int, precision: str = "fp32", whole_chunk: bool = False
+                 ) -> dict[str, float]:
+    policy, batch = inference_policy(config, features, precision)
     obs = {OBS_STATE: batch[OBS_STATE][:, 0], TASK: batch[TASK]}
     if features.has_images:
         obs[OBS_IMAGE] = batch[OBS_IMAGE][:, 0]
@@ -95,6 +106,32 @@ def steps_table(config_path: str, overrides: list[str], heads: list[str], steps:
     return "\n".join(header + lines)
 
 
+def fast_path_table(config_path: str, overrides: list[str], heads: list[str], calls: int, rounds: int = 4,
+                    precision: str = "fp32") -> str:
+    """Markdown: the re-plan of each U-Net head on its fast path against ``plain_inference()``, the same
+    policy and observation, ``rounds`` alternating blocks of ``calls // rounds`` re-plans each."""
+    lines = []
+    for head, head_set in head_overrides(config_path, overrides, heads):
+        config = load_config(config_path, head_set)
+        if config.action_head.denoiser != "unet":
+            continue
+        policy, batch = inference_policy(config, features_for(config.env), precision)
+        times = {"plain": [], "fast": []}
+        for _ in range(rounds):
+            for mode in times:
+                with plain_inference() if mode == "plain" else contextlib.nullcontext():
+                    policy.predict_action_chunk(batch, steps=policy.replan_steps)  # warm this mode's kernels
+                    for _ in range(max(1, calls // rounds)):
+                        start = time.perf_counter()
+                        policy.predict_action_chunk(batch, steps=policy.replan_steps)
+                        times[mode].append(time.perf_counter() - start)
+        (plain50, plain95), (fast50, fast95) = percentiles_ms(times["plain"]), percentiles_ms(times["fast"])
+        lines.append(f"| {head} | {plain50:.1f} / {plain95:.1f} | {fast50:.1f} / {fast95:.1f} | "
+                     f"{plain50 / fast50:.2f}x |")
+    header = ["| head | plain re-plan p50 / p95 (ms) | fast path p50 / p95 (ms) | p50 speed-up |", "|---|---|---|---|"]
+    return "\n".join(header + lines)
+
+
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_config_arguments()
@@ -106,16 +143,21 @@ def main() -> None:
     parser.add_argument("--denoising-steps", type=int, nargs="+", metavar="N",
                         help="instead: re-plan p50 / p95 of the diffusion and flow heads at each of these "
                              "numbers of denoising steps (evaluate.py --inference-steps)")
+    parser.add_argument("--fast-path", action="store_true",
+                        help="instead: the diffusion and flow re-plan with and without the U-Net's fast path")
     parser.add_argument("--whole-chunk", action="store_true",
                         help="time re-plans of the whole chunk, not of the n_action_steps select_action executes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.config}, batch 1, {args.threads} threads, device cpu, {args.precision}")
-    if args.denoising_steps:
+    if args.denoising_steps or args.fast_path:
         heads = [h for h in args.heads if h in DENOISING_HEADS]
+        flag = "--fast-path" if args.fast_path else "--denoising-steps"
         if not heads:
-            raise UserError(f"--denoising-steps times the {' and '.join(DENOISING_HEADS)} heads; "
-                            f"--heads names neither")
+            raise UserError(f"{flag} times the {' and '.join(DENOISING_HEADS)} heads; --heads names neither")
+    if args.fast_path:
+        print(fast_path_table(args.config, args.set, heads, args.calls, precision=args.precision))
+    elif args.denoising_steps:
         print(steps_table(args.config, args.set, heads, args.denoising_steps, args.calls, args.precision))
     else:
         print(latency_table(args.config, args.set, args.heads, args.calls, args.precision, args.whole_chunk))

@@ -228,3 +228,23 @@ def test_report_header_names_no_local_path(tmp_path):
     assert str(tmp_path) not in described
     assert describe_override("text.model_name=distilbert-base-uncased") == "text.model_name=distilbert-base-uncased"
     assert describe_override("train.steps=10") == "train.steps=10"
+
+
+def test_fast_path_table_alternates_plain_and_fast_replans(tiny_text_model, monkeypatch):
+    """Both rows time the same policy; the plain row's re-plans run inside plain_inference()."""
+    from action_head import denoisers
+    from benchmarks import latency
+    from policy.vla_policy import VLAPolicy
+
+    modes = []
+    original = VLAPolicy.predict_action_chunk
+    monkeypatch.setattr(VLAPolicy, "predict_action_chunk",
+                        lambda self, *a, **k: modes.append(denoisers._plain) or original(self, *a, **k))
+    path = str(CONFIGS[0].parent / "metaworld_reach.yaml")
+    table = latency.fast_path_table(path, [f"text.model_name={tiny_text_model}"], ["flow"], calls=4, rounds=2)
+    assert "| flow |" in table
+    assert modes == [True, True, True, False, False, False] * 2  # per round: warm-up + 2 timed, each mode
+    assert not denoisers._plain
+    mlp = latency.fast_path_table(path, [f"text.model_name={tiny_text_model}", "action_head.denoiser=mlp"],
+                                  ["flow"], calls=4, rounds=2)
+    assert "| flow |" not in mlp  # no U-Net, no fast path to compare

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from action_head.denoisers import ConditionalResidualBlock1D, ConditionalUnet1D, Conv1d, Denoiser, MLPDenoiser
+from action_head.denoisers import (ConditionalResidualBlock1D, ConditionalUnet1D, Conv1d, Denoiser, MLPDenoiser,
+                                  plain_inference)
 from action_head.diffusion import DiffusionHeadConfig
 from action_head.flow import FlowHeadConfig
 from action_head.base import build_head
@@ -78,11 +79,20 @@ def test_fast_inference_path_gives_the_plain_chunk_for_a_fixed_generator(config,
     g = torch.Generator().manual_seed(0)
     context = Context(torch.randn(1, 1, 16, generator=g), torch.randn(1, 3, 16, generator=g),
                       torch.zeros(1, 3, dtype=torch.bool))
+    calls = {"conv": 0, "film": 0}
+    conv, film = nn.Conv1d._conv_forward, ConditionalResidualBlock1D.film_of_cond
+    monkeypatch.setattr(nn.Conv1d, "_conv_forward",
+                        lambda self, *a: calls.__setitem__("conv", calls["conv"] + 1) or conv(self, *a))
+    monkeypatch.setattr(ConditionalResidualBlock1D, "film_of_cond",
+                        lambda self, c: calls.__setitem__("film", calls["film"] + 1) or film(self, c))
     fast = head.predict(context, torch.Generator().manual_seed(5))
-    monkeypatch.setattr(Conv1d, "MATMUL_MAX_BATCH", 0)  # the library convolution everywhere
-    once_per_chunk = ConditionalUnet1D.conditioned
-    monkeypatch.setattr(ConditionalUnet1D, "conditioned",  # the condition's FiLM recomputed at every step
-                        lambda self, cond: lambda x, t: once_per_chunk(self, cond)(x, t))
-    plain = head.predict(context, torch.Generator().manual_seed(5))
+    fast_calls = dict(calls)
+    calls.update(conv=0, film=0)
+    with plain_inference():
+        plain = head.predict(context, torch.Generator().manual_seed(5))
+    n_blocks = sum(isinstance(m, ConditionalResidualBlock1D) for m in head.modules())
+    assert fast_calls["film"] == n_blocks  # once per chunk
+    assert calls["film"] == n_blocks * config.num_inference_steps  # the reference: once per step
+    assert fast_calls["conv"] == 0 and calls["conv"] > 0  # at batch 1 the fast path runs no library conv
     assert torch.allclose(fast, plain, atol=1e-5)
     assert not torch.equal(fast, head.predict(context, torch.Generator().manual_seed(6)))
