@@ -25,6 +25,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _STAGES = {"layer2": (128, 8), "layer3": (256, 16), "layer4": (512, 32)}  # channels, stride
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that, without gradients on a CPU, pools a channels-last copy: the same values
+    (a max is exact), no parameters, the same state dict.
+
+    Why: PyTorch's CPU max-pool in NCHW computes the argmax indices it then drops; at batch 1 (a robot
+    re-planning) the stem's pool of a (2, 64, 32, 32) map took 1.22 ms in NCHW against 0.056 ms through
+    channels-last, conversions included (one thread). With gradients the NCHW kernel is as fast.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4:
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous(
+            memory_format=torch.contiguous_format if x.is_contiguous() else torch.channels_last)
+
+
 @dataclass
 class VisionConfig:
     pretrained: str = doc_field("none", "imagenet | none | path to a ResNet18 state-dict file (.pth or .safetensors)")
@@ -108,6 +124,9 @@ class VisionEncoder(nn.Module):
             resnet.load_state_dict(state)
         if config.norm == "group":
             _batchnorm_to_groupnorm(resnet)
+        pool = resnet.maxpool
+        resnet.maxpool = MaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                                   ceil_mode=pool.ceil_mode)
         stages = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
         stages = stages[: stages.index(config.feature_layer) + 1]
         self.trunk = nn.Sequential(*[getattr(resnet, name) for name in stages])

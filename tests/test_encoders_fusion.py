@@ -8,7 +8,7 @@ import torch
 from core.configuration import ConfigError, from_dict
 from encoders.state import StateConfig, StateEncoder
 from encoders.text import TextConfig, TextEncoder
-from encoders.vision import VisionConfig, VisionEncoder, imagenet_weights_path
+from encoders.vision import MaxPool2d, VisionConfig, VisionEncoder, imagenet_weights_path
 from fusion.transformer import FusionConfig, FusionTransformer
 
 
@@ -48,6 +48,24 @@ def test_crop_is_random_in_training_and_centered_in_evaluation():
     assert len(starts) > 1
     with pytest.raises(ValueError, match="larger than"):
         vision(crop=65)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_max_pool_equals_the_library_pool(channels_last):
+    """The stem's pool takes a channels-last detour without gradients: the same values and layout."""
+    library, ours = torch.nn.MaxPool2d(3, 2, 1), MaxPool2d(3, 2, 1)
+    x = torch.randn(2, 8, 15, 16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        pooled = ours(x)
+    assert torch.equal(pooled, library(x))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert pooled.is_contiguous(memory_format=layout)
+    x.requires_grad_()
+    ours(x).sum().backward()  # with gradients it is the library pool
+    assert x.grad.sum() > 0
+    assert any(isinstance(m, MaxPool2d) for m in VisionEncoder(VisionConfig(), 32, (32, 32), 1).modules())
 
 
 def test_vision_rejects_wrong_shapes():
