@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -209,9 +210,13 @@ def load_data(config: Config, features: Features, info: DistInfo) -> tuple[Chunk
     stats = compute_stats(store, config.policy.relative_actions, config.policy.chunk_size)
     if info.is_main:
         barrier(info)
-    if store.features != features:
+    if store.features != replace(features, privileged_dim=0):
         raise DamagedFileError(f"dataset {store.root} has {store.features}, the config describes {features}; "
                                "delete that folder to rebuild it")
+    if store.privileged_dim != features.privileged_dim and features.privileged_dim:
+        raise UserError(f"policy.aux_state_weight needs the simulator's {features.privileged_dim}-dim state, and "
+                        f"dataset {store.root} has {store.privileged_dim or 'none'} (recorded before EasyVLA kept "
+                        "it): move that folder away to collect or import it again, or set policy.aux_state_weight=0")
     return ChunkDataset(store, config.policy.n_obs_steps, config.policy.chunk_size, episodes), stats
 
 
@@ -299,6 +304,11 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
 
     # The model first: a missing text model or weights file stops the run before any long data work.
     features = features_for(config.env)
+    if config.policy.aux_state_weight > 0:  # the auxiliary loss's targets, recorded with the demonstrations
+        privileged_dim = benchmark(config.env.name).privileged_dim
+        if not privileged_dim:
+            raise UserError(f"policy.aux_state_weight: {config.env.name} datasets record no simulator state; set it to 0")
+        features = replace(features, privileged_dim=privileged_dim)
     policy = build_policy(config.model, features)
     latest = run_dir / "checkpoints" / "latest"
     if args.resume:  # so does a damaged checkpoint (the weights load again after the data, over its statistics)

@@ -8,6 +8,8 @@ Training batches carry a time axis on observations; observations passed to
     ACTION         float (B, chunk_size, A)
     ACTION_IS_PAD  bool  (B, chunk_size), True where the chunk ran past the episode end
     TASK           list[str] of length B, the language instruction
+    OBS_PRIVILEGED float (B, P), the simulator's full state at the sample's current frame; training
+                   batches only, when the dataset recorded it (auxiliary targets, never a policy input)
 """
 
 OBS_IMAGE = "observation.image"
@@ -15,3 +17,4 @@ OBS_STATE = "observation.state"
 ACTION = "action"
 ACTION_IS_PAD = "action_is_pad"
 TASK = "task"
+OBS_PRIVILEGED = "observation.privileged"

@@ -69,11 +69,12 @@ def _collect(env_config: EnvConfig, episodes_per_task: int, root: Path, progress
 def _expert_episode(env, seed: int) -> dict | None:
     """One expert episode from ``seed``'s layout, or None if it did not succeed."""
     obs, _ = env.reset(seed=seed)
-    states, actions, images = [], [], []
+    states, actions, images, privileged = [], [], [], []
     success = False
     while True:
         action = env.expert_action().astype(np.float32)  # the env clips to [-1, 1]
         states.append(obs[OBS_STATE])
+        privileged.append(env.privileged_state)
         if OBS_IMAGE in obs:
             images.append(obs[OBS_IMAGE])
         actions.append(action)
@@ -83,7 +84,8 @@ def _expert_episode(env, seed: int) -> dict | None:
             break
     if not success:
         return None
-    return {"state": np.stack(states), "action": np.stack(actions), "images": np.stack(images) if images else None}
+    return {"state": np.stack(states), "action": np.stack(actions), "images": np.stack(images) if images else None,
+            "privileged": np.stack(privileged)}
 
 
 @PROVIDERS.register("metaworld")

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from core.files import atomic_write
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
+from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from data.episode_store import EpisodeStore
 
 
@@ -50,6 +50,8 @@ class ChunkDataset(Dataset):
         }
         if self.store.images is not None:
             item[OBS_IMAGE] = torch.from_numpy(np.ascontiguousarray(self.store.images[obs_frames]))
+        if self.store.privileged is not None:
+            item[OBS_PRIVILEGED] = torch.from_numpy(np.array(self.store.privileged[t]))
         return item
 
 
@@ -62,7 +64,9 @@ def compute_stats(store: EpisodeStore, relative_actions: bool, chunk_size: int) 
     name = f"stats_relative_h{chunk_size}.json" if relative_actions else "stats.json"
     path = store.root / "frames" / name
     if path.is_file():
-        return {k: {s: np.asarray(v) for s, v in d.items()} for k, d in json.loads(path.read_text()).items()}
+        cached = {k: {s: np.asarray(v) for s, v in d.items()} for k, d in json.loads(path.read_text()).items()}
+        if store.privileged is None or OBS_PRIVILEGED in cached:  # else written before the store had it
+            return cached
     state = np.asarray(store.state, dtype=np.float64)
     action = np.asarray(store.action, dtype=np.float64)
     if relative_actions:
@@ -78,5 +82,7 @@ def compute_stats(store: EpisodeStore, relative_actions: bool, chunk_size: int) 
         return {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0)}
 
     stats = {OBS_STATE: describe(state), ACTION: describe(action)}
+    if store.privileged is not None:
+        stats[OBS_PRIVILEGED] = describe(np.asarray(store.privileged, dtype=np.float64))
     atomic_write(path, json.dumps({k: {s: v.tolist() for s, v in d.items()} for k, d in stats.items()}))
     return stats

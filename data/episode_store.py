@@ -4,6 +4,7 @@
         meta.json              features (shapes, cameras), fps, source
         episodes/000042.npz    one finished episode each, written atomically (tmp file + rename)
         frames/                after ``finalize``: images.npy, state.npy, action.npy (memory-mappable),
+                               privileged.npy (the simulator's full state, when every episode has it),
                                episode_ends.npy (exclusive ends), episodes.json (instruction, task, seed each)
 
 An interrupted collection loses at most the episode in progress: every finished episode is a
@@ -73,7 +74,8 @@ class EpisodeWriter:
         return index
 
     def add_episode(self, state: np.ndarray, action: np.ndarray, task: str, seed: int = -1,
-                    images: np.ndarray | None = None, env_task: str = "") -> None:
+                    images: np.ndarray | None = None, env_task: str = "",
+                    privileged: np.ndarray | None = None) -> None:
         """Write one finished episode.
 
         Args:
@@ -83,6 +85,8 @@ class EpisodeWriter:
             env_task: the benchmark's task name (e.g. reach-v3), for per-task bookkeeping.
             seed: the layout seed it was recorded on (-1 if unknown).
             images: (T, N_cam, 3, H, W) uint8, required iff the features have cameras.
+            privileged: (T, P) float32, the simulator's full state at each step (training targets for
+                auxiliary losses, never a policy input); optional, but then in every episode of the store.
         """
         f = self.features
         steps = len(action)
@@ -99,6 +103,10 @@ class EpisodeWriter:
                 got = None if images is None else (images.shape, images.dtype)
                 raise ValueError(f"images must be uint8 {expected}; got {got}")
             arrays["images"] = images
+        if privileged is not None:
+            if privileged.ndim != 2 or len(privileged) != steps:
+                raise ValueError(f"privileged must be ({steps}, P); got {privileged.shape}")
+            arrays["privileged"] = privileged.astype(np.float32)
         path = self.root / "episodes" / f"{self.num_episodes:06d}.npz"
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -109,11 +117,16 @@ class EpisodeWriter:
         files = self._episode_files()
         if not files:
             raise ValueError(f"{self.root} has no episodes to finalize")
-        lengths, episodes = [], []
+        lengths, episodes, privileged_dims = [], [], set()
         for path in files:
             with np.load(path) as f:
                 lengths.append(int(f["action"].shape[0]))
                 episodes.append({"task": str(f["task"]), "env_task": str(f["env_task"]), "seed": int(f["seed"])})
+                privileged_dims.add(f["privileged"].shape[1] if "privileged" in f.files else None)
+        if len(privileged_dims) > 1:
+            raise ValueError(f"{self.root}: the episodes disagree on the privileged state ({privileged_dims}: some "
+                             "lack it); record them all alike, in another directory")
+        privileged_dim = privileged_dims.pop()
         total, f_ = sum(lengths), self.features
         tmp = Path(tempfile.mkdtemp(prefix=".frames.", dir=self.root))
         outputs = {
@@ -123,6 +136,9 @@ class EpisodeWriter:
         if f_.has_images:
             shape = (total, len(f_.cameras), 3, *f_.image_size)
             outputs["images"] = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, shape)
+        if privileged_dim is not None:
+            outputs["privileged"] = np.lib.format.open_memmap(tmp / "privileged.npy", "w+", np.float32,
+                                                              (total, privileged_dim))
         start = 0
         for path, length in zip(files, lengths):
             with np.load(path) as f:
@@ -156,6 +172,13 @@ class EpisodeStore:
         self.state = np.load(frames / "state.npy", mmap_mode="r")
         self.action = np.load(frames / "action.npy", mmap_mode="r")
         self.images = np.load(frames / "images.npy", mmap_mode="r") if self.features.has_images else None
+        privileged = frames / "privileged.npy"  # stores recorded before it existed have none
+        self.privileged = np.load(privileged, mmap_mode="r") if privileged.is_file() else None
+
+    @property
+    def privileged_dim(self) -> int:
+        """P, the size of the recorded simulator state (0 when the store has none)."""
+        return 0 if self.privileged is None else int(self.privileged.shape[1])
 
     @property
     def num_episodes(self) -> int:

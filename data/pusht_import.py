@@ -7,7 +7,8 @@ data page): ``data/img`` (N, 96, 96, 3) float32 0..255, ``data/state`` (N, 5) [a
 block_x, block_y, block_angle], ``data/action`` (N, 2), ``data/keypoint`` (N, 9, 2) and
 ``meta/episode_ends`` (E,) exclusive ends. The store gets, per frame, the state of the chosen
 variant (``envs.pusht``: agent xy, plus the keypoints for "keypoints"), the action, and the image
-as uint8 (1, 3, 96, 96). Episodes are written one at a time, so an interrupted import resumes.
+as uint8 (1, 3, 96, 96), and the whole ``data/state`` as the privileged state (training targets of
+auxiliary losses). Episodes are written one at a time, so an interrupted import resumes.
 """
 
 import hashlib
@@ -128,7 +129,8 @@ def _import(zarr_path: str | Path, out_root: Path, state: str, with_images: bool
             pixels = np.clip(np.rint(raw["data/img"]), 0, 255).astype(np.uint8)  # (T, 96, 96, 3)
             images = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)[:, None])  # (T, 1, 3, 96, 96)
         writer.add_episode(observation.astype(np.float32), raw["data/action"].astype(np.float32),
-                           task=DEFAULT_INSTRUCTION, seed=-1, images=images, env_task=TASK_NAME)
+                           task=DEFAULT_INSTRUCTION, seed=-1, images=images, env_task=TASK_NAME,
+                           privileged=raw["data/state"].astype(np.float32))  # agent xy, block xy and angle
     return writer.finalize()
 
 

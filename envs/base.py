@@ -30,6 +30,7 @@ class Benchmark(ABC):
     tasks: ClassVar[tuple[str, ...]]
     cameras: ClassVar[tuple[str, ...]]
     state_sizes: ClassVar[dict[str, tuple[int, int]]]  # state variant -> (state_dim, action_dim)
+    privileged_dim: ClassVar[int] = 0  # the simulator state its datasets record (training targets, never inputs)
     headline: ClassVar[str]  # the summary key that picks checkpoints and leads reports (higher is better)
     headline_name: ClassVar[str]  # what people call it: "success", "score"
     train_command: ClassVar[str]  # the command that trains a policy for it (for error messages)

@@ -359,6 +359,14 @@ class MetaWorldEnv(gym.Env):
         return np.array(self.mw_env._last_rand_vec, dtype=np.float64)
 
     @property
+    def privileged_state(self) -> np.ndarray:
+        """float32 (39,): the full Meta-World observation (hand, objects, previous frame, goal), whatever
+        ``state`` the policy sees; recorded with demonstrations as a training target, never an input."""
+        if self._raw_obs is None:
+            raise RuntimeError("call reset() first")
+        return np.array(self._raw_obs[:_FULL_DIM], dtype=np.float32)
+
+    @property
     def goal(self) -> np.ndarray:
         """Goal position (x, y, z) in metres: where the marker is drawn, obs[36:39] of the full state."""
         if self._raw_obs is None:
@@ -425,6 +433,7 @@ class MetaWorld(Benchmark):
     tasks = tuple(INSTRUCTIONS)
     cameras = tuple(CAMERAS)
     state_sizes = {"proprio": (_PROPRIO_DIM, 4), "full": (_FULL_DIM, 4)}  # action: hand delta xyz + gripper
+    privileged_dim = _FULL_DIM  # MetaWorldEnv.privileged_state: the full observation, goal included
     headline = "success_rate"
     headline_name = "success"
     train_command = "python train.py --config configs/metaworld_reach.yaml"

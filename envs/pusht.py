@@ -234,6 +234,7 @@ class PushT(Benchmark):
     tasks = (TASK_NAME,)
     cameras = CAMERAS
     state_sizes = {"agent_pos": (2, 2), "keypoints": (20, 2)}  # action: target xy in [0, 512]
+    privileged_dim = 5  # the dataset's agent xy, block xy and block angle (data.pusht_import)
     headline = "mean_max_reward"
     headline_name = "score"
     train_command = "python train.py --config configs/pusht.yaml"

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
+from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from core.registry import Registry
 from core.rng import Generators
 from envs.features import Features
@@ -53,8 +53,13 @@ class Policy(nn.Module, ABC):
         if pc.relative_actions and features.action_dim > features.state_dim:
             raise ValueError(f"policy.relative_actions needs action_dim ({features.action_dim}) <= state_dim "
                              f"({features.state_dim}): actions are taken relative to the first state entries")
-        self.normalizer = Normalizer({OBS_STATE: features.state_dim, ACTION: features.action_dim},
-                                     {OBS_STATE: pc.normalization, ACTION: pc.normalization})
+        dims = {OBS_STATE: features.state_dim, ACTION: features.action_dim}
+        if pc.aux_state_weight > 0:
+            if features.privileged_dim == 0:
+                raise ValueError("policy.aux_state_weight > 0 needs features.privileged_dim > 0: a dataset that "
+                                 "recorded the simulator's state")
+            dims[OBS_PRIVILEGED] = features.privileged_dim
+        self.normalizer = Normalizer(dims, {key: pc.normalization for key in dims})
         self.inference_precision = "fp32"  # set by for_inference
         self.reset()
 
@@ -141,7 +146,7 @@ class Policy(nn.Module, ABC):
 
     def _check_batch(self, batch: dict) -> None:
         """A training batch has the action chunk and its padding mask, of the configured shape."""
-        for key in (ACTION, ACTION_IS_PAD):
+        for key in (ACTION, ACTION_IS_PAD) + ((OBS_PRIVILEGED,) if self.config.policy.aux_state_weight > 0 else ()):
             if key not in batch:
                 raise KeyError(f"training batch is missing '{key}'")
         expected = (self.config.policy.chunk_size, self.features.action_dim)

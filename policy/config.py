@@ -23,6 +23,11 @@ class PolicyConfig:
     state_dropout: float = doc_field(
         0.0, "training only: chance per sample of hiding the robot state (a learned token instead), "
              "so the policy cannot copy its own trajectory from proprioception and must look")
+    aux_state_weight: float = doc_field(
+        0.0, "training only: weight of an auxiliary loss that predicts, from the fused context the head reads, "
+             "the simulator's full state the dataset recorded (Meta-World's 39-dim observation with the goal, "
+             "PushT's block pose); privileged information that teaches the encoders where the goal is and never "
+             "reaches the policy at inference (0 = off)")
     ensemble: Literal["none", "act", "average"] = doc_field(
         "none", "temporal ensembling, re-planning every step: act (exponential) | average (last K chunks)")
     ensemble_coeff: float = doc_field(0.01, "ACT ensembling weight exp(-coeff * i), i = 0 for the oldest")
@@ -37,6 +42,8 @@ class PolicyConfig:
             raise ConfigError(f"policy.ensemble={self.ensemble} re-plans every step: set policy.n_action_steps=1")
         if not 0.0 <= self.state_dropout < 1.0:
             raise ConfigError("policy.state_dropout must be in [0, 1)")
+        if not 0.0 <= self.aux_state_weight <= 100.0:
+            raise ConfigError(f"policy.aux_state_weight must be in [0, 100], got {self.aux_state_weight}")
         if not 1 <= self.ensemble_k <= self.chunk_size:
             raise ConfigError(f"policy.ensemble_k={self.ensemble_k} must be in [1, chunk_size={self.chunk_size}]")
 
@@ -98,6 +105,8 @@ class ModelConfig:
         if self.backbone.type == "vlm" and self.policy.normalization != "min_max":
             raise ConfigError("backbone.type=vlm writes actions as integers over [-1, 1]: "
                               "set policy.normalization=min_max")
+        if self.backbone.type == "vlm" and self.policy.aux_state_weight > 0:
+            raise ConfigError("policy.aux_state_weight is for the modular backbone; set it to 0 with backbone.type=vlm")
 
     def model_summary(self) -> str:
         """One phrase for logs: ``diffusion head`` or ``vlm HuggingFaceTB/SmolVLM2-256M-Video-Instruct``."""

@@ -12,7 +12,7 @@ from einops import rearrange
 from torch import nn
 
 from action_head import build_head
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
+from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from core.rng import Generators
 from encoders import StateEncoder, TextEncoder, VisionEncoder
 from envs.features import Features
@@ -42,6 +42,10 @@ class VLAPolicy(Policy):
         self.hidden_state_token = nn.Parameter(torch.zeros(d)) if pc.state_dropout > 0 else None
         self.fusion = FusionTransformer(config.fusion, d)
         self.head = build_head(config.action_head, d, config.fusion.n_queries, pc.chunk_size, features.action_dim)
+        # Training only: predicts the simulator's state from what the head reads (policy.aux_state_weight).
+        self.aux_state = (nn.Sequential(nn.Linear(config.fusion.n_queries * d, d), nn.GELU(),
+                                        nn.Linear(d, features.privileged_dim))
+                          if pc.aux_state_weight > 0 else None)
 
     def encode(self, obs: dict) -> Context:
         """Observation with a time axis (see core.keys) -> fused Context."""
@@ -69,7 +73,16 @@ class VLAPolicy(Policy):
         self._check_batch(batch)
         context = self.encode(batch)
         targets = self._actions_in(batch, batch[ACTION].float())
-        return self.head.loss(context, targets, batch[ACTION_IS_PAD])
+        loss, metrics = self.head.loss(context, targets, batch[ACTION_IS_PAD])
+        if self.aux_state is not None:
+            # Privileged supervision: the context must say where the goal (or the block) is, a dense
+            # signal the action loss gives only through the noise it denoises.
+            predicted = self.aux_state(context.global_vector()).float()
+            target = self.normalizer.normalize(OBS_PRIVILEGED, batch[OBS_PRIVILEGED].float())
+            aux = nn.functional.mse_loss(predicted, target)
+            loss = loss + self.config.policy.aux_state_weight * aux
+            metrics = {**metrics, "aux_state_loss": aux.item()}
+        return loss, metrics
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict, generator: Generators = None, steps: int | None = None
