@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_STATE, TASK
+from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from data.dataset import ChunkDataset, compute_stats
 from data.episode_store import EpisodeStore, EpisodeWriter
 from envs.features import Features
@@ -110,3 +110,43 @@ def test_a_second_writer_of_one_dataset_is_refused(tmp_path):
             import_pusht_zarr(tmp_path / "source.zarr", tmp_path / "store", state="keypoints", with_images=False)
     with pytest.raises(FileNotFoundError, match="not a zarr directory"):  # released: the import itself runs
         import_pusht_zarr(tmp_path / "source.zarr", tmp_path / "store", state="keypoints", with_images=False)
+
+
+def test_privileged_state_round_trips_and_reaches_samples_and_statistics(tmp_path):
+    writer = EpisodeWriter(tmp_path, FEATURES, fps=10)
+    recorded = []
+    for i, length in enumerate((4, 3)):
+        state, action, images = episode(length, 10.0 * i)
+        privileged = np.concatenate([state, np.full((length, 1), float(i))], axis=1)  # (T, 3)
+        writer.add_episode(state, action, f"task {i}", images=images, privileged=privileged)
+        recorded.append(privileged)
+    store = writer.finalize()
+    assert store.privileged_dim == 3
+    np.testing.assert_array_equal(store.privileged, np.concatenate(recorded))
+    sample = ChunkDataset(store, n_obs_steps=2, chunk_size=2)[5]  # episode 1, its frame 1
+    np.testing.assert_array_equal(sample[OBS_PRIVILEGED].numpy(), recorded[1][1])
+    stats = compute_stats(store, relative_actions=False, chunk_size=2)
+    assert stats[OBS_PRIVILEGED]["max"].tolist() == [12.0, 0.0, 1.0]
+
+
+def test_a_store_without_privileged_state_has_none_and_mixed_stores_are_refused(tmp_path):
+    store = write_store(tmp_path / "plain")
+    assert store.privileged is None and store.privileged_dim == 0
+    assert OBS_PRIVILEGED not in ChunkDataset(store, 1, 2)[0]
+    writer = EpisodeWriter(tmp_path / "mixed", FEATURES, fps=10)
+    state, action, images = episode(3, 0.0)
+    writer.add_episode(state, action, "a", images=images, privileged=state)
+    writer.add_episode(state, action, "b", images=images)
+    with pytest.raises(ValueError, match="disagree on the privileged state"):
+        writer.finalize()
+    with pytest.raises(ValueError, match=r"privileged must be \(3, P\)"):
+        writer.add_episode(state, action, "c", images=images, privileged=state[:2])
+
+
+def test_statistics_cached_before_the_store_had_privileged_state_are_recomputed(tmp_path):
+    store = write_store(tmp_path, lengths=(3,))
+    compute_stats(store, relative_actions=False, chunk_size=2)  # cached without it
+    state = np.asarray(store.state)
+    np.save(tmp_path / "frames" / "privileged.npy", state)
+    stats = compute_stats(EpisodeStore(tmp_path), relative_actions=False, chunk_size=2)
+    assert stats[OBS_PRIVILEGED]["min"].tolist() == state.min(0).tolist()

@@ -7,7 +7,8 @@ import torch
 from conftest import SMALL_FEATURES, fake_batch, small_config, unit_stats
 
 from core.errors import UserError
-from core.keys import OBS_IMAGE, OBS_STATE, TASK
+from core.configuration import ConfigError
+from core.keys import OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from envs.features import Features
 from policy.checkpoint import load_policy, save_policy
 from policy.vla_policy import VLAPolicy
@@ -238,3 +239,56 @@ def test_a_checkpoint_left_aside_by_a_crash_loads_and_the_next_save_restores_it(
     with pytest.raises(NonFiniteWeightsError, match="training diverged"):
         save_policy(policy, tmp_path / "latest")
     assert torch.isfinite(next(load_policy(tmp_path / "latest").parameters())).all()  # the good one stays
+
+
+PRIVILEGED_FEATURES = Features(state_dim=4, action_dim=3, cameras=("corner",), image_size=(32, 32), privileged_dim=5)
+
+
+def test_aux_state_loss_adds_the_weighted_prediction_error_of_the_privileged_state(tiny_text_model):
+    batch = fake_batch(PRIVILEGED_FEATURES, small_config(tiny_text_model).model)
+    plain = make_policy(tiny_text_model, features=PRIVILEGED_FEATURES)
+    aux = make_policy(tiny_text_model, overrides=["policy.aux_state_weight=2.0"], features=PRIVILEGED_FEATURES)
+    plain_loss, _ = plain(batch)
+    aux_loss, metrics = aux(batch)  # the same seed builds the same encoders, fusion and head
+    assert metrics["aux_state_loss"] > 0
+    assert torch.isclose(aux_loss - plain_loss, torch.tensor(2.0 * metrics["aux_state_loss"]), rtol=1e-4)
+    assert plain.aux_state is None and "aux_state_loss" not in plain(batch)[1]
+
+
+def test_aux_state_loss_teaches_vision_a_quantity_only_the_image_shows(tiny_text_model):
+    """The privileged target is where a bright square sits in the image (as a goal would); the state and
+    the instruction are the same in every sample, so only the image tells it: the loss falls only if its
+    gradient trains the encoders through the context the head reads."""
+    policy = make_policy(tiny_text_model, overrides=["policy.aux_state_weight=1.0"],
+                         features=PRIVILEGED_FEATURES).train()
+    batch = fake_batch(PRIVILEGED_FEATURES, policy.config, batch_size=16)
+    batch[OBS_STATE] = torch.zeros_like(batch[OBS_STATE])
+    batch[TASK] = ["reach the goal"] * 16
+    columns = torch.arange(16) * 26 // 15  # the square's left edge, 0..26 of 32
+    images = torch.zeros_like(batch[OBS_IMAGE])
+    for i, column in enumerate(columns.tolist()):
+        images[i, ..., 13:19, column:column + 6] = 255
+    batch[OBS_IMAGE] = images
+    batch[OBS_PRIVILEGED] = (columns.float() / 13 - 1).view(16, 1).expand(16, 5).contiguous()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(60):
+        loss, metrics = policy(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(metrics["aux_state_loss"])
+    assert sum(losses[-5:]) / 5 < 0.2 * sum(losses[:5]) / 5, losses[::10]
+
+
+def test_aux_state_needs_privileged_features_and_survives_a_checkpoint(tiny_text_model, tmp_path):
+    with pytest.raises(ValueError, match="privileged_dim"):
+        make_policy(tiny_text_model, overrides=["policy.aux_state_weight=1.0"])
+    policy = make_policy(tiny_text_model, overrides=["policy.aux_state_weight=1.0"], features=PRIVILEGED_FEATURES)
+    save_policy(policy, tmp_path / "ckpt")
+    loaded = load_policy(tmp_path / "ckpt")
+    assert loaded.features.privileged_dim == 5
+    assert all(torch.equal(a, b) for a, b in zip(loaded.aux_state.state_dict().values(),
+                                                 policy.aux_state.state_dict().values()))
+    with pytest.raises(ConfigError, match="aux_state_weight"):
+        small_config(tiny_text_model, overrides=["backbone.type=vlm", "policy.aux_state_weight=1.0"])

@@ -3,12 +3,14 @@
 import contextlib
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -111,6 +113,28 @@ def test_evaluate_errors_say_what_to_do(tmp_path, tiny_overrides, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         evaluate.find_checkpoint(tmp_path / "missing", "metaworld", tmp_path)
     assert evaluate.find_checkpoint(None, "metaworld", tmp_path) == run / "checkpoints" / "best"
+
+
+def test_aux_state_trains_on_the_recorded_simulator_state_and_an_old_store_is_refused(tmp_path, tiny_overrides,
+                                                                                      monkeypatch):
+    run = tmp_path / "run"
+    run_train(monkeypatch, "--config", CONFIG, "--run-dir", str(run), "--no-final-eval",
+              "--set", *tiny_overrides, "eval.every=0", "policy.aux_state_weight=1.0")
+    weights = load_file(str(run / "checkpoints" / "latest" / "model.safetensors"))
+    assert weights["aux_state.2.weight"].shape[0] == 39  # Meta-World's full observation
+    config = load_config(CONFIG, tiny_overrides)
+    store = EpisodeStore(config.data.dataset_dir(config.env))
+    np.testing.assert_array_equal(store.privileged[:, :4], store.state)  # proprio is its first entries
+    start, end = store.episode_bounds(0)
+    goal = store.privileged[start:end, 36:39]
+    assert np.ptp(goal, axis=0).max() == 0 and np.abs(goal).max() > 0  # the goal: fixed in an episode
+
+    old = tmp_path / "old_data"  # a store recorded before EasyVLA kept the simulator state
+    shutil.copytree(store.root, old / store.root.name)
+    (old / store.root.name / "frames" / "privileged.npy").unlink()
+    with pytest.raises(UserError, match="has none .* move that folder away"):
+        run_train(monkeypatch, "--config", CONFIG, "--run-dir", str(tmp_path / "run2"), "--no-final-eval",
+                  "--set", *tiny_overrides, "eval.every=0", "policy.aux_state_weight=1.0", f"data.root={old}")
 
 
 def test_resume_continues_exactly_where_a_killed_run_stopped(tmp_path, tiny_overrides, monkeypatch):
