@@ -37,7 +37,7 @@ from core.errors import ArgumentParser, DamagedFileError, MissingResourceError, 
 from core.lock import DirectoryLock
 from data.dataset import ChunkDataset, compute_stats
 from data.provision import ensure_dataset
-from envs import Features, benchmark, features_for
+from envs import Features, benchmark
 from evaluation.run import evaluate_policy, format_table
 from experiment.config import Config, checkpoint_config, load_config
 from experiment.optim import accumulate_gradients, make_optimizer, make_scheduler
@@ -303,12 +303,7 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     log = print if info.is_main else (lambda *_: None)
 
     # The model first: a missing text model or weights file stops the run before any long data work.
-    features = features_for(config.env)
-    if config.policy.aux_state_weight > 0:  # the auxiliary loss's targets, recorded with the demonstrations
-        privileged_dim = benchmark(config.env.name).privileged_dim
-        if not privileged_dim:
-            raise UserError(f"policy.aux_state_weight: {config.env.name} datasets record no simulator state; set it to 0")
-        features = replace(features, privileged_dim=privileged_dim)
+    features = config.features
     policy = build_policy(config.model, features)
     latest = run_dir / "checkpoints" / "latest"
     if args.resume:  # so does a damaged checkpoint (the weights load again after the data, over its statistics)

@@ -26,7 +26,7 @@ from core.errors import ArgumentParser, UserError, positive_int, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
 from encoders.tiny_text import save_tiny_text_model
-from envs import benchmark, features_for
+from envs import benchmark
 from experiment.config import load_config
 from experiment.optim import make_optimizer
 from policy.backbones import build_policy
@@ -49,7 +49,7 @@ def sync(device: torch.device) -> None:
 def check(config_path: str, label: str, overrides: list[str], device: torch.device, steps: int,
           plans: int = 20) -> dict:
     config = load_config(config_path, overrides)
-    features = features_for(config.env)
+    features = config.features
     torch.manual_seed(0)
     policy = build_policy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))

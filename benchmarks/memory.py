@@ -19,7 +19,6 @@ from core.device import resolve_device
 from core.errors import ArgumentParser, run_main
 from core.keys import TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
-from envs import features_for
 from envs.features import Features
 from experiment.config import Config, head_overrides, load_config
 from experiment.optim import accumulate_gradients, make_optimizer
@@ -50,7 +49,7 @@ def training_step(policy: Policy, optimizer: torch.optim.Optimizer, batch: dict,
 
 def measure(config: Config, features: Features | None = None, device: str | None = None) -> MemoryReport:
     """Peak memory of one training step at ``config.train.batch_size``."""
-    features = features or features_for(config.env)
+    features = features or config.features
     device = resolve_device(device or config.device)
     policy = build_policy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))

@@ -26,7 +26,6 @@ from benchmarks.memory import training_step
 from core.errors import ArgumentParser, run_main
 from core.keys import TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
-from envs import features_for
 from experiment.config import Config, head_overrides, load_config
 from experiment.optim import make_optimizer
 from policy.backbones import Policy, build_policy
@@ -76,7 +75,7 @@ def cpu_description() -> str:
 
 def build(config: Config):
     torch.manual_seed(config.seed)
-    features = features_for(config.env)
+    features = config.features
     policy = build_policy(config.model, features)
     policy.normalizer.fit(unit_normalizer_stats(features))
     policy.train()

@@ -15,7 +15,7 @@ It sits above everything it assembles; each section's class lives with its owner
     eval         evaluation.EvalConfig
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,7 @@ from action_head.diffusion import DiffusionHeadConfig
 from core.configuration import ConfigError, apply_overrides, doc_field, from_dict, load_yaml
 from core.errors import DamagedFileError
 from data.config import DataConfig
-from envs import EnvConfig
+from envs import EnvConfig, Features, benchmark, features_for
 from evaluation.config import EvalConfig
 from policy.checkpoint import CONFIG, read_meta
 from policy.config import MODEL_SECTIONS, ModelConfig
@@ -86,6 +86,21 @@ class Config(ModelConfig):
     data: DataConfig = doc_field(default_factory=DataConfig, doc="where demonstrations come from")
     train: TrainConfig = doc_field(default_factory=TrainConfig, doc="optimization")
     eval: EvalConfig = doc_field(default_factory=EvalConfig, doc="closed-loop evaluation")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.policy.aux_state_weight > 0 and not benchmark(self.env.name).privileged_dim:
+            raise ConfigError(f"policy.aux_state_weight: {self.env.name} datasets record no simulator state; "
+                              "set it to 0")
+
+    @property
+    def features(self) -> Features:
+        """The shapes a policy of this config is built with: the env's, plus the simulator state its
+        demonstrations record when ``policy.aux_state_weight`` trains on it."""
+        features = features_for(self.env)
+        if self.policy.aux_state_weight > 0:
+            features = replace(features, privileged_dim=benchmark(self.env.name).privileged_dim)
+        return features
 
     @property
     def model(self) -> ModelConfig:

@@ -91,3 +91,18 @@ def test_every_field_has_a_doc():
     assert len(lines) > 30
     undocumented = [line for line in lines if line.rstrip().endswith(":")]
     assert not undocumented, undocumented
+
+
+def test_aux_state_adds_the_privileged_state_to_the_features_and_needs_a_benchmark_that_records_it(monkeypatch):
+    assert load_config(None).features.privileged_dim == 0
+    config = load_config(None, ["policy.aux_state_weight=0.5"])
+    assert config.features.privileged_dim == 39 and config.features.state_dim == 4
+    assert load_config(None, ["env.name=pusht", "env.tasks=[pusht]", "env.cameras=[top]", "env.image_size=[96,96]",
+                              "env.state=agent_pos", "policy.aux_state_weight=1"]).features.privileged_dim == 5
+    with pytest.raises(ConfigError, match="policy.aux_state_weight must be in"):
+        load_config(None, ["policy.aux_state_weight=-1"])
+    from envs.metaworld import MetaWorld
+
+    monkeypatch.setattr(MetaWorld, "privileged_dim", 0)
+    with pytest.raises(ConfigError, match="record no simulator state"):
+        load_config(None, ["policy.aux_state_weight=1"])
