@@ -1,5 +1,6 @@
 """Training samples: an observation (with history) and the next ``chunk_size`` actions.
 
+Samples with images also carry the episode's first images (read by ``policy.first_frame``).
 At an episode's start the history repeats the first frame; past its end the chunk repeats
 the last action and ``action_is_pad`` marks those steps, so the loss ignores them.
 """
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from core.files import atomic_write
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
+from core.keys import ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from data.episode_store import EpisodeStore
 
 
@@ -50,6 +51,7 @@ class ChunkDataset(Dataset):
         }
         if self.store.images is not None:
             item[OBS_IMAGE] = torch.from_numpy(np.ascontiguousarray(self.store.images[obs_frames]))
+            item[OBS_FIRST_IMAGE] = torch.from_numpy(np.array(self.store.images[start]))  # for policy.first_frame
         if self.store.privileged is not None:
             item[OBS_PRIVILEGED] = torch.from_numpy(np.array(self.store.privileged[t]))
         return item

@@ -2,7 +2,7 @@
 
 import torch
 
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
+from core.keys import ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from envs.features import Features
 
 INSTRUCTIONS = ("reach the goal", "push the block to the target")
@@ -24,6 +24,7 @@ def synthetic_batch(features: Features, n_obs_steps: int, chunk_size: int, batch
     if features.has_images:
         shape = (batch_size, t, len(features.cameras), 3, *features.image_size)
         batch[OBS_IMAGE] = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        batch[OBS_FIRST_IMAGE] = torch.randint(0, 256, (batch_size, *shape[2:]), generator=g, dtype=torch.uint8)
     if features.privileged_dim:
         batch[OBS_PRIVILEGED] = torch.rand(batch_size, features.privileged_dim, generator=g) * 2 - 1
     batch = {k: v.to(device) for k, v in batch.items()}

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
+from core.keys import ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from core.registry import Registry
 from core.rng import Generators
 from envs.features import Features
@@ -36,6 +36,7 @@ class _RowState:
     queue: ActionQueue
     ensembler: TemporalEnsembler | None
     pending: torch.Tensor | None = None  # this step's ensembled action
+    first_image: torch.Tensor | None = None  # the episode's first images (N, 3, H, W), for policy.first_frame
 
 
 class Policy(nn.Module, ABC):
@@ -50,6 +51,8 @@ class Policy(nn.Module, ABC):
         self.config = config
         self.features = features
         pc = config.policy
+        if pc.first_frame and not features.has_images:
+            raise ValueError("policy.first_frame needs cameras: the first frame is the episode's first images")
         if pc.relative_actions and features.action_dim > features.state_dim:
             raise ValueError(f"policy.relative_actions needs action_dim ({features.action_dim}) <= state_dim "
                              f"({features.state_dim}): actions are taken relative to the first state entries")
@@ -130,7 +133,8 @@ class Policy(nn.Module, ABC):
     # ---- model ----------------------------------------------------------------------------
     def _check_observation(self, obs: dict) -> None:
         f, t = self.features, self.config.policy.n_obs_steps
-        for key in (OBS_STATE, TASK) + ((OBS_IMAGE,) if f.has_images else ()):
+        keys = (OBS_STATE, TASK) + ((OBS_IMAGE,) if f.has_images else ())
+        for key in keys + ((OBS_FIRST_IMAGE,) if self.config.policy.first_frame else ()):
             if key not in obs:
                 raise KeyError(f"observation is missing '{key}'; it has {sorted(obs)}")
         state = obs[OBS_STATE]
@@ -141,6 +145,9 @@ class Policy(nn.Module, ABC):
             if obs[OBS_IMAGE].dim() != 6 or tuple(obs[OBS_IMAGE].shape[1:]) != expected:
                 raise ValueError(f"{OBS_IMAGE} must be (B, {', '.join(map(str, expected))}); "
                                  f"got {tuple(obs[OBS_IMAGE].shape)}")
+            if self.config.policy.first_frame and tuple(obs[OBS_FIRST_IMAGE].shape[1:]) != expected[1:]:
+                raise ValueError(f"{OBS_FIRST_IMAGE} must be (B, {', '.join(map(str, expected[1:]))}); "
+                                 f"got {tuple(obs[OBS_FIRST_IMAGE].shape)}")
         if len(obs[TASK]) != state.shape[0]:
             raise ValueError(f"{TASK} has {len(obs[TASK])} instructions for a batch of {state.shape[0]}")
 
@@ -172,6 +179,8 @@ class Policy(nn.Module, ABC):
                    OBS_STATE: torch.stack([torch.stack([o[OBS_STATE] for o in h]) for h in histories])}
         if self.features.has_images:
             stacked[OBS_IMAGE] = torch.stack([torch.stack([o[OBS_IMAGE] for o in h]) for h in histories])
+        if self.config.policy.first_frame:
+            stacked[OBS_FIRST_IMAGE] = torch.stack([self._rows[i].first_image for i in rows])
         return stacked
 
     @property
@@ -201,7 +210,9 @@ class Policy(nn.Module, ABC):
             step = {TASK: obs[TASK][i], OBS_STATE: obs[OBS_STATE][i]}
             if self.features.has_images:
                 step[OBS_IMAGE] = obs[OBS_IMAGE][i]
-            row.history.extend([step] * (row.history.maxlen if not row.history else 1))  # a new episode: repeat
+            if not row.history:  # a new episode: its first images are kept, its first step repeated
+                row.first_image = step.get(OBS_IMAGE)
+            row.history.extend([step] * (row.history.maxlen if not row.history else 1))
         due = [i for i, row in enumerate(self._rows) if row.ensembler is not None or row.queue.empty()]
         if due:
             if generator is not None and not isinstance(generator, torch.Generator):

@@ -23,6 +23,10 @@ class PolicyConfig:
     state_dropout: float = doc_field(
         0.0, "training only: chance per sample of hiding the robot state (a learned token instead), "
              "so the policy cannot copy its own trajectory from proprioception and must look")
+    first_frame: bool = doc_field(
+        False, "also show the policy the episode's first camera images (the layout before the arm moves), "
+               "encoded by the same ResNet as extra scene tokens: the goal stays in view when the arm later "
+               "hides it or looks like it (the stock reach scene); images only")
     aux_state_weight: float = doc_field(
         0.0, "training only: weight of an auxiliary loss that predicts, from the fused context the head reads, "
              "the simulator's full state the dataset recorded (Meta-World's 39-dim observation with the goal, "
@@ -105,6 +109,8 @@ class ModelConfig:
         if self.backbone.type == "vlm" and self.policy.normalization != "min_max":
             raise ConfigError("backbone.type=vlm writes actions as integers over [-1, 1]: "
                               "set policy.normalization=min_max")
+        if self.backbone.type == "vlm" and self.policy.first_frame:
+            raise ConfigError("policy.first_frame is for the modular backbone; set it to false with backbone.type=vlm")
         if self.backbone.type == "vlm" and self.policy.aux_state_weight > 0:
             raise ConfigError("policy.aux_state_weight is for the modular backbone; set it to 0 with backbone.type=vlm")
 

@@ -5,6 +5,9 @@ Raw environment units in, raw units out. Heads see only normalized actions.
     images ──ResNet18──> vision tokens ─┐
     instruction ──frozen LM──> text token ┴─> scene self-attention ─┐
     state ──MLP──> state token ─────────────> cross-attention to scene ─> Context ─> head ─> chunk
+
+With ``policy.first_frame`` the episode's first images join the scene too (the same ResNet, their own
+embedding): the layout as it was before the arm moved.
 """
 
 import torch
@@ -12,7 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from action_head import build_head
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
+from core.keys import ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from core.rng import Generators
 from encoders import StateEncoder, TextEncoder, VisionEncoder
 from envs.features import Features
@@ -37,6 +40,7 @@ class VLAPolicy(Policy):
         self.vision = (VisionEncoder(config.vision, d, features.image_size, len(features.cameras))
                        if features.has_images else None)
         self.obs_time_embed = nn.Parameter(torch.zeros(pc.n_obs_steps, 1, d)) if features.has_images else None
+        self.first_frame_embed = nn.Parameter(torch.zeros(1, 1, d)) if pc.first_frame else None
         self.text = TextEncoder(config.text, d)
         self.state_encoder = StateEncoder(config.state, features.state_dim, pc.n_obs_steps, d)
         self.hidden_state_token = nn.Parameter(torch.zeros(d)) if pc.state_dropout > 0 else None
@@ -55,7 +59,13 @@ class VLAPolicy(Policy):
         if self.vision is not None:
             images = obs[OBS_IMAGE]
             batch, steps = images.shape[:2]
-            tokens = self.vision(rearrange(images, "b t n c h w -> (b t) n c h w"))
+            frames = rearrange(images, "b t n c h w -> (b t) n c h w")
+            if self.first_frame_embed is not None:  # the layout as the episode began, before the arm moved
+                frames = torch.cat([frames, obs[OBS_FIRST_IMAGE]])  # one trunk pass for both
+            tokens = self.vision(frames)
+            if self.first_frame_embed is not None:
+                tokens, first = tokens[: batch * steps], tokens[batch * steps:]
+                scene.insert(0, first + self.first_frame_embed)
             tokens = rearrange(tokens, "(b t) k d -> b t k d", b=batch) + self.obs_time_embed[None]
             scene.insert(0, rearrange(tokens, "b t k d -> b (t k) d"))
         scene = torch.cat(scene, dim=1)

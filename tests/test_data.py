@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.keys import ACTION, ACTION_IS_PAD, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
+from core.keys import ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from data.dataset import ChunkDataset, compute_stats
 from data.episode_store import EpisodeStore, EpisodeWriter
 from envs.features import Features
@@ -150,3 +150,10 @@ def test_statistics_cached_before_the_store_had_privileged_state_are_recomputed(
     np.save(tmp_path / "frames" / "privileged.npy", state)
     stats = compute_stats(EpisodeStore(tmp_path), relative_actions=False, chunk_size=2)
     assert stats[OBS_PRIVILEGED]["min"].tolist() == state.min(0).tolist()
+
+
+def test_samples_carry_their_episodes_first_images(tmp_path):
+    store = write_store(tmp_path)
+    sample = ChunkDataset(store, n_obs_steps=1, chunk_size=2)[6]  # episode 1, its frame 1
+    np.testing.assert_array_equal(sample[OBS_FIRST_IMAGE].numpy(), store.images[5])
+    assert sample[OBS_FIRST_IMAGE].shape == (1, 3, 8, 8)

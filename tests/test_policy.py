@@ -8,7 +8,7 @@ from conftest import SMALL_FEATURES, fake_batch, small_config, unit_stats
 
 from core.errors import UserError
 from core.configuration import ConfigError
-from core.keys import OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
+from core.keys import OBS_FIRST_IMAGE, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from envs.features import Features
 from policy.checkpoint import load_policy, save_policy
 from policy.vla_policy import VLAPolicy
@@ -292,3 +292,39 @@ def test_aux_state_needs_privileged_features_and_survives_a_checkpoint(tiny_text
                                                  policy.aux_state.state_dict().values()))
     with pytest.raises(ConfigError, match="aux_state_weight"):
         small_config(tiny_text_model, overrides=["backbone.type=vlm", "policy.aux_state_weight=1.0"])
+
+
+def test_first_frame_joins_the_scene_and_select_action_keeps_each_episodes_first_images(tiny_text_model):
+    policy = make_policy(tiny_text_model, overrides=["policy.first_frame=true"]).eval()
+    batch = fake_batch(SMALL_FEATURES, policy.config, batch_size=2)
+    plain = make_policy(tiny_text_model).eval()
+    assert policy.encode(batch).scene.shape[1] == 2 * plain.encode(batch).scene.shape[1] - 1  # one text token
+    other_first = {**batch, OBS_FIRST_IMAGE: 255 - batch[OBS_FIRST_IMAGE]}
+    assert not torch.allclose(policy.predict_action_chunk(batch), policy.predict_action_chunk(other_first))
+
+    seen = []
+    original = policy.predict_action_chunk
+
+    def spy(obs, generator=None, steps=None):
+        seen.append(obs[OBS_FIRST_IMAGE].clone())
+        return original(obs, generator, steps)
+
+    policy.predict_action_chunk = spy
+    frames = [step_obs({**batch, OBS_IMAGE: batch[OBS_IMAGE] + k}) for k in range(5)]  # n_action_steps=2
+    for step, obs in enumerate(frames):
+        if step == 3:
+            policy.reset(rows=[1])  # row 1 starts a new episode at step 3
+        policy.select_action(obs)
+    assert len(seen) == 4  # re-plans: both rows at steps 0 and 2, row 1 at 3 (new episode), row 0 at 4
+    assert torch.equal(seen[0], frames[0][OBS_IMAGE]) and torch.equal(seen[1], frames[0][OBS_IMAGE])
+    assert torch.equal(seen[2], frames[3][OBS_IMAGE][1:])  # row 1's new episode began at step 3
+    assert torch.equal(seen[3], frames[0][OBS_IMAGE][:1])  # row 0 still in its first episode
+    with pytest.raises(KeyError, match=OBS_FIRST_IMAGE):
+        policy.encode({k: v for k, v in batch.items() if k != OBS_FIRST_IMAGE})
+
+
+def test_first_frame_needs_cameras_and_the_modular_backbone(tiny_text_model):
+    with pytest.raises(ValueError, match="first_frame needs cameras"):
+        make_policy(tiny_text_model, overrides=["policy.first_frame=true"], features=Features(4, 3))
+    with pytest.raises(ConfigError, match="first_frame"):
+        small_config(tiny_text_model, overrides=["backbone.type=vlm", "policy.first_frame=true"])

@@ -137,6 +137,15 @@ def test_aux_state_trains_on_the_recorded_simulator_state_and_an_old_store_is_re
                   "--set", *tiny_overrides, "eval.every=0", "policy.aux_state_weight=1.0", f"data.root={old}")
 
 
+def test_first_frame_trains_and_rolls_out(tmp_path, tiny_overrides, monkeypatch):
+    run = tmp_path / "run"
+    run_train(monkeypatch, "--config", CONFIG, "--run-dir", str(run), "--set", *tiny_overrides, "eval.every=0",
+              "eval.videos=0", "policy.first_frame=true")
+    result = json.loads((run / "eval_results.json").read_text())
+    assert result["tasks"]["reach-v3"]["episodes"] == 1
+    assert "first_frame_embed" in load_file(str(run / "checkpoints" / "latest" / "model.safetensors"))
+
+
 def test_resume_continues_exactly_where_a_killed_run_stopped(tmp_path, tiny_overrides, monkeypatch):
     common = ["--config", CONFIG, "--no-final-eval", "--set", *tiny_overrides, "eval.every=0",
               "vision.augment_shift=2", "fusion.dropout=0.1",  # augmentation and dropout draw from the RNG
