@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import evaluate
 import train
+from benchmarks import goal_probe
 from core.configuration import ConfigError
 from core.errors import UserError
 from data.collect import collect_metaworld
@@ -129,6 +130,10 @@ def test_aux_state_trains_on_the_recorded_simulator_state_and_an_old_store_is_re
     goal = store.privileged[start:end, 36:39]
     assert np.ptp(goal, axis=0).max() == 0 and np.abs(goal).max() > 0  # the goal: fixed in an episode
 
+    samples, _ = goal_probe.probe(str(run), episodes=1, steps=6, every=2)  # the head read back as a probe
+    assert len(samples) == 3 and all(distance > 0 and error > 0 for distance, error in samples)
+    assert sum(int(row.split("|")[2]) for row in goal_probe.table(samples).splitlines()[2:]) == 3
+
     old = tmp_path / "old_data"  # a store recorded before EasyVLA kept the simulator state
     shutil.copytree(store.root, old / store.root.name)
     (old / store.root.name / "frames" / "privileged.npy").unlink()
@@ -144,6 +149,8 @@ def test_first_frame_trains_and_rolls_out(tmp_path, tiny_overrides, monkeypatch)
     result = json.loads((run / "eval_results.json").read_text())
     assert result["tasks"]["reach-v3"]["episodes"] == 1
     assert "first_frame_embed" in load_file(str(run / "checkpoints" / "latest" / "model.safetensors"))
+    with pytest.raises(UserError, match="no Meta-World state head"):
+        goal_probe.probe(str(run), episodes=1, steps=2, every=1)
 
 
 def test_resume_continues_exactly_where_a_killed_run_stopped(tmp_path, tiny_overrides, monkeypatch):
