@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from core.device import resolve_device
+from core.device import native_bf16, precision_note, resolve_device
 from core.errors import (
     ArgumentParser,
     MissingResourceError,
@@ -115,6 +115,8 @@ def main() -> None:
             print(f"note: {untrained} not among the training tasks {config.env.tasks} (zero-shot)")
         config.env.tasks = list(args.task)
     policy = load_policy(checkpoint, device).for_inference(args.precision)
+    if args.precision == "bf16" and not native_bf16(device):
+        print(precision_note(args.precision, device, fix="use --precision fp32"))
     if args.inference_steps is not None:
         set_inference_steps(policy, args.inference_steps)
     print(f"checkpoint {checkpoint}: {config.model_summary()}, tasks {config.env.tasks}")

@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from core.configuration import ConfigError, apply_overrides, describe, from_dict, to_dict
-from core.device import resolve_device
+from core.device import autocast_for, precision_note, resolve_device
 from core.distributed import DistInfo, barrier, broadcast_object, init_distributed, replica_max_difference, shutdown
 from core.errors import ArgumentParser, DamagedFileError, MissingResourceError, UserError, run_main
 from core.lock import DirectoryLock
@@ -338,8 +338,8 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
         torch.manual_seed(config.seed * 1_000_003 + 7919 * info.rank + start_step)  # own noise per rank
 
     loader = make_loader(dataset, config, start_step, info, device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.train.precision == "bf16"
-                else contextlib.nullcontext())
+    log(precision_note(config.train.precision, device))
+    autocast = autocast_for(config.train.precision, device)
     writer = SummaryWriter(run_dir / "tb") if info.is_main else None
     policy.train()
     step = start_step

@@ -20,6 +20,7 @@ import torch
 
 from action_head import HEADS
 from benchmarks import latency, memory, scaling, throughput
+from core.device import cpu_description
 from core.errors import ArgumentParser, run_main
 from experiment.config import load_config
 from policy.base import INFERENCE_PRECISIONS
@@ -50,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     heads = HEADS.names()
     steps, calls = (2, 16) if args.quick else (6, 200)
-    sections = [f"# EasyVLA benchmarks\n\n{time.strftime('%Y-%m-%d %H:%M')}, {throughput.cpu_description()}, "
+    sections = [f"# EasyVLA benchmarks\n\n{time.strftime('%Y-%m-%d %H:%M')}, {cpu_description()}, "
                 f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU. Overrides: "
                 f"{' '.join(map(describe_override, args.set)) or 'none'}."]
 

@@ -14,7 +14,6 @@ fine-tuning, and LoRA 16 with the vision tower frozen, with and without gradient
 """
 
 import argparse
-import contextlib
 import tempfile
 import time
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from action_head import HEADS
+from core.device import autocast_for
 from core.errors import ArgumentParser, UserError, positive_int, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
@@ -57,8 +57,7 @@ def check(config_path: str, label: str, overrides: list[str], device: torch.devi
     optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], config.train)
     batch = synthetic_batch(features, config.policy.n_obs_steps, config.policy.chunk_size, config.train.batch_size,
                             device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.train.precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = autocast_for(config.train.precision, device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

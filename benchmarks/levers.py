@@ -15,7 +15,8 @@ import time
 import torch
 
 from benchmarks.memory import training_step
-from benchmarks.throughput import build, cpu_description
+from benchmarks.throughput import build
+from core.device import cpu_description
 from core.errors import ArgumentParser, positive_int, run_main
 from experiment.config import load_config
 

@@ -9,13 +9,12 @@ tensor storage during the step (autograd's saved tensors and temporaries include
 """
 
 import argparse
-import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from benchmarks.live_memory import LiveStorageTracker
-from core.device import resolve_device
+from core.device import autocast_for, resolve_device
 from core.errors import ArgumentParser, run_main
 from core.keys import TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
@@ -39,9 +38,7 @@ class MemoryReport:
 
 def training_step(policy: Policy, optimizer: torch.optim.Optimizer, batch: dict, precision: str,
                   micro_batches: int = 1) -> None:
-    device_type = next(policy.parameters()).device.type
-    autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = autocast_for(precision, next(policy.parameters()).device)
     accumulate_gradients(policy, batch, autocast, micro_batches)  # as train.py does it
     optimizer.step()
     optimizer.zero_grad(set_to_none=False)  # steady state keeps gradient buffers allocated

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from action_head import HEADS
 from benchmarks.memory import training_step
+from core.device import cpu_description, resolve_precision
 from core.errors import ArgumentParser, run_main
 from core.keys import TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
@@ -55,22 +56,6 @@ def matmul_peak(precision: str, repeats: int = 7, shapes: tuple = PEAK_SHAPES) -
                 torch.mm(a, b)
             best_rate = max(best_rate, inner * 2 * m * k * n / (time.perf_counter() - start))
     return best_rate
-
-
-def cpu_description() -> str:
-    """CPU model and its matrix instruction sets, from /proc/cpuinfo (Linux), for benchmark headers."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        import platform
-
-        return platform.processor() or "unknown CPU"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 "unknown CPU")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    isa = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX BF16"),
-                                   ("amx_tile", "AMX tiles")) if flag in flags]
-    return f"{model} ({', '.join(isa) or 'no AVX-512'})"
 
 
 def build(config: Config):
@@ -114,7 +99,7 @@ class Throughput:
 def measure(config: Config, steps: int = 6, warmup: int = 2) -> Throughput:
     """Steady-state training throughput of ``config`` at its batch size and precision, on the CPU."""
     policy, optimizer, batch = build(config)
-    precision = config.train.precision
+    precision = resolve_precision(config.train.precision, torch.device("cpu"))
     flops = flops_per_sample(policy, batch, precision)
     for _ in range(warmup):
         training_step(policy, optimizer, batch, precision)

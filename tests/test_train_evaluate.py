@@ -49,8 +49,9 @@ def run_train(monkeypatch, *args: str) -> None:
 
 def test_train_and_evaluate_scripts_end_to_end(tmp_path, tiny_overrides):
     run = tmp_path / "run"
-    subprocess.run([sys.executable, "train.py", "--config", CONFIG, "--run-dir", str(run), "--set", *tiny_overrides],
-                   cwd=REPO, check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "train.py", "--config", CONFIG, "--run-dir", str(run), "--set",
+                          *tiny_overrides], cwd=REPO, check=True, capture_output=True, text=True)
+    assert "precision: fp32\n" in out.stdout  # the precision it computes in is logged
     for name in ("best", "latest"):
         files = {p.name for p in (run / "checkpoints" / name).iterdir()}
         assert {"model.safetensors", "config.json", "stats.json", "training_state.pt"} <= files
