@@ -323,6 +323,17 @@ def test_first_frame_joins_the_scene_and_select_action_keeps_each_episodes_first
         policy.encode({k: v for k, v in batch.items() if k != OBS_FIRST_IMAGE})
 
 
+def test_first_frame_passes_the_trunk_without_gradients_and_its_embedding_learns(tiny_text_model):
+    policy = make_policy(tiny_text_model, overrides=["policy.first_frame=true"]).train()
+    batch = fake_batch(SMALL_FEATURES, policy.config, batch_size=2)
+    passes = []
+    policy.vision.register_forward_hook(lambda module, args, out: passes.append(torch.is_grad_enabled()))
+    loss, _ = policy(batch)
+    loss.backward()
+    assert sorted(passes) == [False, True]  # the first frame's pass without gradients, the current frame's with
+    assert policy.first_frame_embed.grad is not None and policy.first_frame_embed.grad.abs().sum() > 0
+
+
 def test_first_frame_needs_cameras_and_the_modular_backbone(tiny_text_model):
     with pytest.raises(ValueError, match="first_frame needs cameras"):
         make_policy(tiny_text_model, overrides=["policy.first_frame=true"], features=Features(4, 3))
