@@ -3,7 +3,8 @@
     python -m benchmarks [--set text.model_name=PATH] [--out results/benchmarks.md] [--quick]
 
 1. Training throughput per head and precision on the Meta-World reach config, with the fraction of
-   this machine's matmul peak measured in the same run, and a profile of the bf16 step.
+   this machine's matmul peak measured in the same run, and a profile of the bf16 step (fp32 only on
+   a CPU that emulates bf16).
 2. ``select_action`` latency at batch 1 per head and inference precision, against 80 Hz (Meta-World)
    and 10 Hz (PushT); the diffusion and flow re-plans against their number of denoising steps and
    with and without the U-Net's fast path.
@@ -20,7 +21,7 @@ import torch
 
 from action_head import HEADS
 from benchmarks import latency, memory, scaling, throughput
-from core.device import cpu_description
+from core.device import cpu_description, native_bf16
 from core.errors import ArgumentParser, run_main
 from experiment.config import load_config
 from policy.base import INFERENCE_PRECISIONS
@@ -51,24 +52,31 @@ def main() -> None:
     args = parser.parse_args()
     heads = HEADS.names()
     steps, calls = (2, 16) if args.quick else (6, 200)
+    # A CPU without native bf16 emulates it many times slower (README): its bf16 rows would take hours.
+    native = native_bf16(torch.device("cpu"))
+    precisions = list(throughput.DTYPES) if native else ["fp32"]
+    inference_precisions = list(INFERENCE_PRECISIONS) if native else ["fp32"]
     sections = [f"# EasyVLA benchmarks\n\n{time.strftime('%Y-%m-%d %H:%M')}, {cpu_description()}, "
                 f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU. Overrides: "
-                f"{' '.join(map(describe_override, args.set)) or 'none'}."]
+                f"{' '.join(map(describe_override, args.set)) or 'none'}."
+                f"{'' if native else ' This CPU emulates bf16: fp32 rows only.'}"]
+
+    print(sections[0], flush=True)
 
     def section(title: str, body: str) -> None:
         sections.append(f"## {title}\n\n{body}")
         print(f"\n## {title}\n\n{body}", flush=True)
 
     section(f"Training throughput ({REACH}; synthetic batch)",
-            throughput.throughput_table(REACH, args.set, heads, list(throughput.DTYPES), steps))
-    config = load_config(REACH, [*args.set, f"action_head.type={heads[0]}", "train.precision=bf16"])
-    section(f"Where a bf16 training step's time goes ({heads[0]} head, 3 steps, top operators by self time)",
+            throughput.throughput_table(REACH, args.set, heads, precisions, steps))
+    config = load_config(REACH, [*args.set, f"action_head.type={heads[0]}", f"train.precision={precisions[-1]}"])
+    section(f"Where a {precisions[-1]} training step's time goes ({heads[0]} head, 3 steps, top operators by self time)",
             f"```\n{throughput.profile_step(config)}\n```")
     for path in LATENCY_CONFIGS:
-        for precision in INFERENCE_PRECISIONS:
+        for precision in inference_precisions:
             section(f"select_action latency at batch 1 ({path}, {precision} inference)",
                     latency.latency_table(path, args.set, heads, calls, precision))
-    for precision in INFERENCE_PRECISIONS:
+    for precision in inference_precisions:
         section(f"Re-plan p50 / p95 ms against denoising steps ({REACH}, {precision} inference)",
                 latency.steps_table(REACH, args.set, list(latency.DENOISING_HEADS), DENOISING_STEPS, calls, precision))
     section(f"The U-Net re-plan with and without its fast path ({REACH}, fp32, interleaved in one process)",

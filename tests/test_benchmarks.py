@@ -248,3 +248,32 @@ def test_fast_path_table_alternates_plain_and_fast_replans(tiny_text_model, monk
     mlp = latency.fast_path_table(path, [f"text.model_name={tiny_text_model}", "action_head.denoiser=mlp"],
                                   ["flow"], calls=4, rounds=2)
     assert "| flow |" not in mlp  # no U-Net, no fast path to compare
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_benchmarks_skip_bf16_where_the_cpu_emulates_it(monkeypatch, capsys, native):
+    """An emulated bf16 step takes many times an fp32 one: ``python -m benchmarks`` measures fp32 only there."""
+    import sys
+
+    from benchmarks import __main__ as bench
+    from benchmarks import latency, memory, scaling, throughput
+
+    asked = []
+    monkeypatch.setattr(bench, "native_bf16", lambda device: native)
+    monkeypatch.setattr(throughput, "throughput_table", lambda path, sets, heads, precisions, steps:
+                        asked.append(("train", *precisions)) or "table")
+    monkeypatch.setattr(throughput, "profile_step", lambda config: asked.append(("profile", config.train.precision))
+                        or "profile")
+    monkeypatch.setattr(latency, "latency_table", lambda path, sets, heads, calls, precision:
+                        asked.append(("select_action", precision)) or "table")
+    monkeypatch.setattr(latency, "steps_table", lambda path, sets, heads, steps, calls, precision:
+                        asked.append(("replan", precision)) or "table")
+    monkeypatch.setattr(latency, "fast_path_table", lambda *args: "table")
+    monkeypatch.setattr(memory, "memory_table", lambda *args: "table")
+    monkeypatch.setattr(scaling, "scaling_table", lambda *args: "table")
+    monkeypatch.setattr(sys, "argv", ["benchmarks", "--quick"])
+    bench.main()
+    precisions = {precision for _, *ps in asked for precision in ps}
+    assert precisions == ({"fp32", "bf16"} if native else {"fp32"})
+    assert ("profile", "bf16" if native else "fp32") in asked
+    assert ("This CPU emulates bf16" in capsys.readouterr().out) is not native
