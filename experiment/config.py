@@ -40,9 +40,9 @@ class TrainConfig:
     grad_clip: float = doc_field(1.0, "max gradient norm (0 = off)")
     ema_decay: float = doc_field(0.0, "EMA of weights for evaluation (0 = off, 0.999 typical)")
     precision: Literal["auto", "fp32", "bf16"] = doc_field(
-        "fp32", "bf16 autocast (1.7x faster ResNet18 training on AVX-512 BF16 CPUs) | fp32 | auto: bf16 where the "
-                "device computes it natively (CUDA from Ampere on, CPUs with AVX-512 BF16 or AMX), else fp32 (a CPU without them "
-                "emulates bf16, many times slower)")
+        "fp32", "bf16 autocast (1.7x faster ResNet18 training on AVX-512 BF16 CPUs) | fp32 | auto: bf16 where "
+                "the device computes it natively (CUDA from Ampere on, CPUs with AVX-512 BF16 or AMX), else fp32 "
+                "(elsewhere bf16 is emulated, many times slower)")
     channels_last: bool = doc_field(False, "channels-last memory format for the conv trunk")
     micro_batches: int = doc_field(1, "split each batch into this many micro-batches and accumulate their "
                                       "gradients: one update of batch_size samples, activations of "
