@@ -271,14 +271,22 @@ def test_aux_state_loss_teaches_vision_a_quantity_only_the_image_shows(tiny_text
     batch[OBS_IMAGE] = images
     batch[OBS_PRIVILEGED] = (columns.float() / 13 - 1).view(16, 1).expand(16, 5).contiguous()
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(60):
+
+    def aux_loss() -> float:  # measured without dropout, so the noise of a training step does not blur it
+        policy.eval()
+        with torch.no_grad():
+            value = policy(batch)[1]["aux_state_loss"]
+        policy.train()
+        return value
+
+    before, losses = aux_loss(), []
+    for _ in range(200):  # 60 sufficed on AVX-512 CPUs; an AVX2 one was at 0.09 of 0.43 by step 120
         loss, metrics = policy(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(metrics["aux_state_loss"])
-    assert sum(losses[-5:]) / 5 < 0.2 * sum(losses[:5]) / 5, losses[::10]
+    assert aux_loss() < 0.2 * before, (before, aux_loss(), losses[::10])
 
 
 def test_aux_state_needs_privileged_features_and_survives_a_checkpoint(tiny_text_model, tmp_path):

@@ -108,7 +108,9 @@ def test_select_action_restarts_only_the_rows_it_is_told(policy):
     first = policy.select_action(obs, generators)  # plans all rows: n_action_steps = 2 queued each
     policy.reset([1])
     second = policy.select_action(obs, [torch.Generator().manual_seed(i) for i in range(3)])
-    assert torch.equal(second[1], first[1])  # row 1 re-planned from the same seed and observation
+    # Row 1 re-planned from the same seed and observation. Alone, not in a batch of 3: some CPUs' kernels
+    # (AVX2) round differently by batch size, so equal up to float rounding; another seed differs by ~1.
+    torch.testing.assert_close(second[1], first[1], rtol=1e-5, atol=1e-6)
     assert not torch.equal(second[0], first[0])  # rows 0 and 2 pop the second action of their plans
     with pytest.raises(ValueError, match="call reset"):
         policy.select_action({OBS_STATE: torch.zeros(2, 2), "task": ["x"] * 2})
