@@ -69,8 +69,9 @@ def main() -> None:
 
     section(f"Training throughput ({REACH}; synthetic batch)",
             throughput.throughput_table(REACH, args.set, heads, precisions, steps))
-    config = load_config(REACH, [*args.set, f"action_head.type={heads[0]}", f"train.precision={precisions[-1]}"])
-    section(f"Where a {precisions[-1]} training step's time goes ({heads[0]} head, 3 steps, top operators by self time)",
+    profiled = precisions[-1]  # bf16 where it is native, else fp32
+    config = load_config(REACH, [*args.set, f"action_head.type={heads[0]}", f"train.precision={profiled}"])
+    section(f"Where a {profiled} training step's time goes ({heads[0]} head, 3 steps, top operators by self time)",
             f"```\n{throughput.profile_step(config)}\n```")
     for path in LATENCY_CONFIGS:
         for precision in inference_precisions:

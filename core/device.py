@@ -1,6 +1,7 @@
 """Device selection for ``device: auto``, and what the device computes natively (``precision: auto``)."""
 
 import contextlib
+import functools
 
 import torch
 
@@ -34,17 +35,18 @@ PRECISIONS = ("auto", "fp32", "bf16")
 _NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo: AVX-512 BF16, AMX BF16
 
 
-def _cpu_info() -> tuple[str, set[str]]:
+@functools.cache  # read once a process: autocast_for runs every training step
+def _cpu_info() -> tuple[str, frozenset[str]]:
     """(model name, instruction-set flags) from /proc/cpuinfo; ("", empty) where there is none (not Linux)."""
     try:
         with open("/proc/cpuinfo") as file:
             text = file.read()
     except OSError:
-        return "", set()
+        return "", frozenset()
     lines = text.splitlines()
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
     flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    return model, set(flags)
+    return model, frozenset(flags)
 
 
 def cpu_description() -> str:

@@ -25,8 +25,8 @@ class PolicyConfig:
              "so the policy cannot copy its own trajectory from proprioception and must look")
     first_frame: bool = doc_field(
         False, "also show the policy the episode's first camera images (the layout before the arm moves), "
-               "encoded by the same ResNet (a forward pass without gradients) as extra scene tokens: the goal stays in view when the arm later "
-               "hides it or looks like it (the stock reach scene); images only")
+               "encoded by the same ResNet (a forward pass without gradients) as extra scene tokens: the goal "
+               "stays in view when the arm later hides it or looks like it (the stock reach scene); images only")
     aux_state_weight: float = doc_field(
         0.0, "training only: weight of an auxiliary loss that predicts, from the fused context the head reads, "
              "the simulator's full state the dataset recorded (Meta-World's 39-dim observation with the goal, "
