@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from core.keys import ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
+from core.keys import (ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_FIRST_TOKENS, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE,
+                       TASK)
 from core.registry import Registry
 from core.rng import Generators
 from envs.features import Features
@@ -37,6 +38,7 @@ class _RowState:
     ensembler: TemporalEnsembler | None
     pending: torch.Tensor | None = None  # this step's ensembled action
     first_image: torch.Tensor | None = None  # the episode's first images (N, 3, H, W), for policy.first_frame
+    first_tokens: torch.Tensor | None = None  # the same, encoded once (``Policy.encode_first_frame``)
 
 
 class Policy(nn.Module, ABC):
@@ -106,6 +108,12 @@ class Policy(nn.Module, ABC):
         if self.inference_precision == "bf16":
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def encode_first_frame(self, images: torch.Tensor) -> torch.Tensor | None:
+        """An episode's first images (B, N_cam, 3, H, W) as ``select_action`` keeps them for
+        ``policy.first_frame``: encoded once per episode and passed back as ``OBS_FIRST_TOKENS``, where
+        ``encode`` would otherwise re-encode them at every re-plan. None (the default): keep only the images."""
+        return None
 
     def offloaded_bytes(self) -> int:
         """Bytes of frozen weights the policy keeps on the CPU, outside the training step (none by default)."""
@@ -181,6 +189,9 @@ class Policy(nn.Module, ABC):
             stacked[OBS_IMAGE] = torch.stack([torch.stack([o[OBS_IMAGE] for o in h]) for h in histories])
         if self.config.policy.first_frame:
             stacked[OBS_FIRST_IMAGE] = torch.stack([self._rows[i].first_image for i in rows])
+            tokens = [self._rows[i].first_tokens for i in rows]
+            if all(t is not None for t in tokens):
+                stacked[OBS_FIRST_TOKENS] = torch.stack(tokens)
         return stacked
 
     @property
@@ -206,6 +217,7 @@ class Policy(nn.Module, ABC):
             self._rows = [self._new_row() for _ in range(batch)]
         if len(self._rows) != batch:
             raise ValueError(f"select_action got {batch} rows after {len(self._rows)}; call reset() for a new batch")
+        started = [i for i, row in enumerate(self._rows) if not row.history]
         for i, row in enumerate(self._rows):
             step = {TASK: obs[TASK][i], OBS_STATE: obs[OBS_STATE][i]}
             if self.features.has_images:
@@ -213,6 +225,10 @@ class Policy(nn.Module, ABC):
             if not row.history:  # a new episode: its first images are kept, its first step repeated
                 row.first_image = step.get(OBS_IMAGE)
             row.history.extend([step] * (row.history.maxlen if not row.history else 1))
+        if started and self.config.policy.first_frame:  # the new episodes' first images, encoded together
+            tokens = self.encode_first_frame(torch.stack([self._rows[i].first_image for i in started]))
+            for n, i in enumerate(started):
+                self._rows[i].first_tokens = None if tokens is None else tokens[n]
         due = [i for i, row in enumerate(self._rows) if row.ensembler is not None or row.queue.empty()]
         if due:
             if generator is not None and not isinstance(generator, torch.Generator):

@@ -15,7 +15,8 @@ from einops import rearrange
 from torch import nn
 
 from action_head import build_head
-from core.keys import ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
+from core.keys import (ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_FIRST_TOKENS, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE,
+                       TASK)
 from core.rng import Generators
 from encoders import StateEncoder, TextEncoder, VisionEncoder
 from envs.features import Features
@@ -61,8 +62,11 @@ class VLAPolicy(Policy):
             if self.first_frame_embed is not None:  # the layout as the episode began, before the arm moved
                 # Without gradients: the ResNet learns from the current frames and the first frame reuses
                 # it, so it costs one forward pass, not a forward and a backward (2.3x a step with both).
-                with torch.no_grad():
-                    first = self.vision(obs[OBS_FIRST_IMAGE])
+                # At inference select_action passes them encoded, once per episode (encode_first_frame).
+                first = obs.get(OBS_FIRST_TOKENS)
+                if first is None:
+                    with torch.no_grad():
+                        first = self.vision(obs[OBS_FIRST_IMAGE])
                 scene.insert(0, first + self.first_frame_embed)
             tokens = self.vision(rearrange(images, "b t n c h w -> (b t) n c h w"))
             tokens = rearrange(tokens, "(b t) k d -> b t k d", b=images.shape[0]) + self.obs_time_embed[None]
@@ -113,6 +117,14 @@ class VLAPolicy(Policy):
         if precision == "bf16" and self.vision is not None:
             self.vision.to(memory_format=torch.channels_last)
         return self
+
+    @torch.no_grad()
+    def encode_first_frame(self, images: torch.Tensor) -> torch.Tensor | None:
+        """See ``Policy.encode_first_frame``: the vision tokens (B, K, d), at the inference precision."""
+        if self.first_frame_embed is None:
+            return None
+        with self.inference_autocast(images.device):
+            return self.vision(images)
 
     def cache_instructions(self, instructions: list[str]) -> None:
         self.text.embed(instructions)  # the frozen LM runs once per instruction string

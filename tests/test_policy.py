@@ -8,7 +8,7 @@ from conftest import SMALL_FEATURES, fake_batch, small_config, unit_stats
 
 from core.errors import UserError
 from core.configuration import ConfigError
-from core.keys import OBS_FIRST_IMAGE, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
+from core.keys import OBS_FIRST_IMAGE, OBS_FIRST_TOKENS, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE, TASK
 from envs.features import Features
 from policy.checkpoint import load_policy, save_policy
 from policy.vla_policy import VLAPolicy
@@ -329,6 +329,27 @@ def test_first_frame_joins_the_scene_and_select_action_keeps_each_episodes_first
     assert torch.equal(seen[3], frames[0][OBS_IMAGE][:1])  # row 0 still in its first episode
     with pytest.raises(KeyError, match=OBS_FIRST_IMAGE):
         policy.encode({k: v for k, v in batch.items() if k != OBS_FIRST_IMAGE})
+
+
+def test_select_action_encodes_each_episodes_first_images_once_to_the_same_chunks(tiny_text_model):
+    policy = make_policy(tiny_text_model, overrides=["policy.first_frame=true"]).eval()
+    batch = fake_batch(SMALL_FEATURES, policy.config, batch_size=2)
+    encoded = {**batch, OBS_FIRST_TOKENS: policy.encode_first_frame(batch[OBS_FIRST_IMAGE])}
+    assert torch.equal(policy.predict_action_chunk(encoded, torch.Generator().manual_seed(0)),
+                       policy.predict_action_chunk(batch, torch.Generator().manual_seed(0)))
+    assert make_policy(tiny_text_model).encode_first_frame(batch[OBS_FIRST_IMAGE]) is None
+
+    inputs = []
+    policy.vision.register_forward_hook(lambda module, args, out: inputs.append(args[0].clone()))
+    frames = [step_obs({**batch, OBS_IMAGE: batch[OBS_IMAGE] + k}) for k in range(5)]  # n_action_steps=2
+    for step, obs in enumerate(frames):
+        if step == 3:
+            policy.reset(rows=[1])
+        policy.select_action(obs)
+    # 4 re-plans encode their current frames (steps 0, 2, 3, 4); the first images are encoded twice: both
+    # episodes' at step 0 (before that step's re-plan), row 1's new episode's at step 3 (without the cache: 8)
+    assert len(inputs) == 6
+    assert torch.equal(inputs[0], frames[0][OBS_IMAGE]) and torch.equal(inputs[3], frames[3][OBS_IMAGE][1:])
 
 
 def test_first_frame_passes_the_trunk_without_gradients_and_its_embedding_learns(tiny_text_model):

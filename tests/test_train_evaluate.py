@@ -58,6 +58,7 @@ def test_train_and_evaluate_scripts_end_to_end(tmp_path, tiny_overrides):
     assert list((run / "tb").glob("events.out.tfevents.*"))
     result = json.loads((run / "eval_results.json").read_text())
     assert result["split"] == "eval" and result["tasks"]["reach-v3"]["episodes"] == 1
+    assert result["training"]["precision"] == "fp32" and result["training"]["hardware"]  # where its minutes came from
     assert list((run / "videos").glob("reach-v3_00.*"))
 
     out = subprocess.run([sys.executable, "evaluate.py", "--env", "metaworld", "--checkpoint", str(run),
