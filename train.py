@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from core.configuration import ConfigError, apply_overrides, describe, from_dict, to_dict
-from core.device import autocast_for, cpu_description, precision_note, resolve_device, resolve_precision
+from core.device import autocast_for, device_name, precision_note, resolve_device, resolve_precision
 from core.distributed import DistInfo, barrier, broadcast_object, init_distributed, replica_max_difference, shutdown
 from core.errors import ArgumentParser, DamagedFileError, MissingResourceError, UserError, run_main
 from core.lock import DirectoryLock
@@ -422,15 +422,10 @@ def _train(args: argparse.Namespace, config: Config, run_dir: Path, device: torc
     if not args.no_final_eval:
         training = {"steps": step, "batch_size": config.train.batch_size, "processes": info.world_size,
                     "effective_batch_size": config.train.batch_size * info.world_size,
-                    "seconds": round(train_seconds, 1), "device": str(device), "hardware": hardware_name(device),
+                    "seconds": round(train_seconds, 1), "device": str(device), "hardware": device_name(device),
                     "precision": resolve_precision(config.train.precision, device),
                     "checkpoint": "best on validation" if best >= 0 else "last"}
         final_evaluation(run_dir, config, device, training)
-
-
-def hardware_name(device: torch.device) -> str:
-    """What the run's speed was measured on: the CPU model and its matrix ISA, or the GPU's name."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
 
 
 def final_evaluation(run_dir: Path, config: Config, device: torch.device, training: dict) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from action_head import HEADS
-from core.device import autocast_for
+from core.device import autocast_for, device_name
 from core.errors import ArgumentParser, UserError, positive_int, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
@@ -107,8 +107,8 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("no CUDA device here; run on a GPU machine, or --device cpu for a smoke run")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {name}; torch {torch.__version__}; {args.steps} steps per row, bf16 where the config says")
+    print(f"device: {device_name(device)}; torch {torch.__version__}; {args.steps} steps per row, "
+          "bf16 where the config says")
     print("| config | head | batch | samples/s | peak memory (MiB) | fits 1 GiB | re-plan p50 / p95 (ms) | "
           "control period (ms) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -61,6 +61,11 @@ def cpu_description() -> str:
     return f"{model} ({', '.join(isa) or 'no AVX-512'})"
 
 
+def device_name(device: torch.device) -> str:
+    """What a run's speed was measured on: the GPU's name, or the CPU model and its matrix ISA."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware. A CPU without AVX-512 BF16 or AMX emulates it: bf16
     autocast then makes training many times slower than fp32 (17x on an AVX2 AMD EPYC, README); so do GPUs
