@@ -86,8 +86,8 @@ class Conv1d(nn.Conv1d):
             return super().forward(x)
         (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
         windows = F.pad(x, (pad, pad)).unfold(2, k, stride)  # (B, C_in, L_out, k)
-        columns = rearrange(windows, "b c l k -> b l (c k)")  # the weight's (C_out, C_in, k) order
-        return rearrange(F.linear(columns, self.weight.flatten(1), self.bias), "b l c -> b c l")
+        columns = windows.permute(0, 2, 1, 3).flatten(2)  # (B, L_out, C_in * k), the weight's order
+        return F.linear(columns, self.weight.flatten(1), self.bias).transpose(1, 2)
 
 
 def _group_norm(channels: int, n_groups: int) -> nn.GroupNorm:
@@ -138,23 +138,49 @@ class ConditionalResidualBlock1D(nn.Module):
     def forward(self, x: torch.Tensor, time: torch.Tensor, cond_film: torch.Tensor) -> torch.Tensor:
         """x (B, C_in, L), time features (B, time_dim), ``film_of_cond(cond)`` -> (B, C_out, L)."""
         film = F.linear(F.mish(time), self.film[1].weight[:, :self.time_dim]) + cond_film
-        scale, bias = rearrange(film, "b (two c) -> two b c 1", two=2)
+        scale, bias = film.unflatten(1, (2, -1)).unsqueeze(-1).unbind(1)  # (B, C_out, 1) each
         # 1 + scale: an untrained block modulates around identity instead of near zero.
         out = self.conv1(x) * (1 + scale) + bias
         return self.conv2(out) + self.residual(x)
 
 
 class Denoiser(nn.Module, ABC):
-    """The interface of the networks the diffusion and flow heads iterate."""
+    """The interface of the networks the diffusion and flow heads iterate.
+
+    A sampler calls the network at every denoising step with the same condition, so the condition's
+    share is split off: ``prepare(cond)`` once per chunk, then ``step(x, t, prepared)`` per step.
+    ``conditioned`` ties the two together, and ``compile_for_inference`` swaps ``step`` for its
+    ``torch.compile``d version (the same numbers up to float rounding).
+    """
+
+    _compiled_step: Callable | None = None
 
     @abstractmethod
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x (B, H, A), t (B,) float, cond (B, cond_dim) -> (B, H, A)."""
 
+    def prepare(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What depends on ``cond`` alone, computed once per chunk (the condition itself by default)."""
+        return (cond.float(),)
+
+    def step(self, x: torch.Tensor, t: torch.Tensor, prepared: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``forward(x, t, cond)`` given ``prepare(cond)``."""
+        return self.forward(x, t, *prepared)
+
     def conditioned(self, cond: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``(x, t) -> forward(x, t, cond)`` for a sampler that calls it at every step with the same
-        ``cond``; a denoiser computes there, once, what depends on ``cond`` alone."""
-        return lambda x, t: self(x, t, cond)
+        ``cond``: ``prepare`` runs here, once; each call runs ``step`` (compiled, after
+        ``compile_for_inference``)."""
+        prepared = self.prepare(cond)
+        step = self._compiled_step or self.step
+        return lambda x, t: step(x, t, prepared)
+
+    def compile_for_inference(self) -> None:
+        """From here on ``conditioned`` runs ``step`` through ``torch.compile`` (inference only: the first
+        call at each new batch size compiles, seconds to a minute on a CPU; training calls ``forward``,
+        which stays eager). At batch 1 the step is a few hundred small ops, so fusing them pays:
+        ``python -m benchmarks.latency --compile`` times both."""
+        self._compiled_step = torch.compile(self.step)
 
 
 class ConditionalUnet1D(Denoiser):
@@ -208,48 +234,51 @@ class ConditionalUnet1D(Denoiser):
         )
         _small_init(self.final[-1])
         self.length_multiple = 2 ** (len(down_dims) - 1)
-        # The FiLM blocks, listed once (a plain tuple: they are registered above, in down/mid/up).
+        # The FiLM blocks, listed once (a plain tuple: they are registered above, in down/mid/up); each
+        # knows its slot in ``prepare``'s tuple.
         self._film_blocks = tuple(m for m in self.modules() if isinstance(m, ConditionalResidualBlock1D))
+        for slot, block in enumerate(self._film_blocks):
+            block.film_slot = slot
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x (B, H, A), t (B,) float, cond (B, cond_dim) -> (B, H, A)."""
-        return self.conditioned(cond)(x, t)
+        return self.step(x, t, self.prepare(cond))
+
+    def prepare(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The condition's share of every FiLM block's output, in ``film_slot`` order."""
+        cond = cond.float()
+        return tuple(block.film_of_cond(cond) for block in self._film_blocks)
 
     def conditioned(self, cond: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        cond = cond.float()
+        if _plain:  # the reference: the FiLM of the condition at every step, the eager step
+            return lambda x, t: self.step(x, t, self.prepare(cond))
+        return super().conditioned(cond)
 
-        def films() -> dict:
-            return {block: block.film_of_cond(cond) for block in self._film_blocks}
+    def step(self, x: torch.Tensor, t: torch.Tensor, prepared: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        # Tensor methods here, not einops: torch.compile traces einops' pattern parsing, 4x the compile time.
+        time = self.time_encoder(t)
 
-        once = None if _plain else films()
+        def res(block: ConditionalResidualBlock1D, h: torch.Tensor) -> torch.Tensor:
+            return block(h, time, prepared[block.film_slot])
 
-        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            cond_films = films() if once is None else once
-            time = self.time_encoder(t)
-
-            def res(block: ConditionalResidualBlock1D, h: torch.Tensor) -> torch.Tensor:
-                return block(h, time, cond_films[block])
-
-            horizon = x.shape[1]
-            h = rearrange(x, "b h a -> b a h")
-            # Pad so every downsampling halves exactly; replicate keeps the edge free of a false step.
-            pad = -horizon % self.length_multiple
-            if pad:
-                h = F.pad(h, (0, pad), mode="replicate")
-            skips = []
-            for res1, res2, downsample in self.down:
-                h = res(res2, res(res1, h))
-                skips.append(h)
-                h = downsample(h)
-            for block in self.mid:
-                h = res(block, h)
-            for res1, res2, upsample in self.up:
-                h = torch.cat([h, skips.pop()], dim=1)
-                h = upsample(res(res2, res(res1, h)))
-            h = self.final(h)[..., :horizon]
-            return rearrange(h, "b a h -> b h a")
-
-        return denoise
+        horizon = x.shape[1]
+        h = x.transpose(1, 2)  # (B, A, H): convolve over the chunk's time axis
+        # Pad so every downsampling halves exactly; replicate keeps the edge free of a false step.
+        pad = -horizon % self.length_multiple
+        if pad:
+            h = F.pad(h, (0, pad), mode="replicate")
+        skips = []
+        for res1, res2, downsample in self.down:
+            h = res(res2, res(res1, h))
+            skips.append(h)
+            h = downsample(h)
+        for block in self.mid:
+            h = res(block, h)
+        for res1, res2, upsample in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(res(res2, res(res1, h)))
+        h = self.final(h)[..., :horizon]
+        return h.transpose(1, 2)
 
 
 class MLPDenoiser(Denoiser):

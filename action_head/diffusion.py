@@ -54,6 +54,10 @@ class DiffusionHead(ActionHead):
         mse = masked_mean((pred.float() - noise) ** 2, action_is_pad)  # float32 even under autocast
         return mse, {"mse": mse.item()}
 
+    def compile_for_inference(self) -> bool:
+        self.denoiser.compile_for_inference()  # it runs num_inference_steps times per chunk
+        return True
+
     @torch.no_grad()
     def predict(self, context: Context, generator: Generators = None) -> torch.Tensor:
         denoise = self.denoiser.conditioned(context.global_vector().float())  # the context's share, once

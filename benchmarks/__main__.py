@@ -6,8 +6,8 @@
    this machine's matmul peak measured in the same run, and a profile of the bf16 step (fp32 only on
    a CPU that emulates bf16).
 2. ``select_action`` latency at batch 1 per head and inference precision, against 80 Hz (Meta-World)
-   and 10 Hz (PushT); the diffusion and flow re-plans against their number of denoising steps and
-   with and without the U-Net's fast path.
+   and 10 Hz (PushT); the diffusion and flow re-plans against their number of denoising steps, with
+   and without the U-Net's fast path, and eager against compiled.
 3. Parameters and peak training-step memory per config and head, against the 1 GiB budget.
 4. Throughput and memory against batch size, cameras and chunk size.
 Synthetic inputs of each config's shapes; no data or environment is needed. About 10 minutes on 2 cores.
@@ -82,6 +82,8 @@ def main() -> None:
                 latency.steps_table(REACH, args.set, list(latency.DENOISING_HEADS), DENOISING_STEPS, calls, precision))
     section(f"The U-Net re-plan with and without its fast path ({REACH}, fp32, interleaved in one process)",
             latency.fast_path_table(REACH, args.set, list(latency.DENOISING_HEADS), calls))
+    section(f"The re-plan eager and compiled ({REACH}, fp32, compile_for_inference, interleaved in one process)",
+            latency.compile_table(REACH, args.set, list(latency.DENOISING_HEADS), calls))
     section("Parameters and peak training-step memory", memory.memory_table(MEMORY_CONFIGS, args.set, heads))
     axes = scaling.AXES if not args.quick else {k: v[:2] for k, v in scaling.AXES.items()}
     section(f"Scaling ({REACH}, diffusion head, its precision)", scaling.scaling_table(REACH, args.set, axes))

@@ -47,7 +47,7 @@ def sync(device: torch.device) -> None:
 
 
 def check(config_path: str, label: str, overrides: list[str], device: torch.device, steps: int,
-          plans: int = 20) -> dict:
+          plans: int = 20, compile: bool = False) -> dict:
     config = load_config(config_path, overrides)
     features = config.features
     torch.manual_seed(0)
@@ -80,6 +80,19 @@ def check(config_path: str, label: str, overrides: list[str], device: torch.devi
     obs = {OBS_STATE: one[OBS_STATE][:, 0], TASK: one[TASK]}
     if features.has_images:
         obs[OBS_IMAGE] = one[OBS_IMAGE][:, 0]
+    p50, p95 = replan_ms(policy, obs, device, autocast, plans)
+    compiled = (float("nan"), float("nan"))
+    if compile and config.action_head.type in ("diffusion", "flow"):
+        compiled = replan_ms(policy.compile_for_inference(), obs, device, autocast, plans)  # warm-up compiles
+    fits = "-" if device.type != "cuda" else ("yes" if peak <= BUDGET_BYTES else "NO")
+    return {"config": config_path, "head": label, "batch": config.train.batch_size, "samples_per_s": samples_per_s,
+            "peak_mib": peak / 2**20, "fits": fits, "plan_p50": p50, "plan_p95": p95,
+            "compiled_p50": compiled[0], "compiled_p95": compiled[1],
+            "period_ms": 1000 / benchmark(config.env.name).fps}
+
+
+def replan_ms(policy, obs: dict, device: torch.device, autocast, plans: int) -> tuple[float, float]:
+    """p50 and p95 ms of a ``select_action`` that re-plans, after 5 warm-up calls."""
     timings = []
     for call in range(plans + 5):  # the first 5 warm up
         policy.reset()
@@ -90,11 +103,7 @@ def check(config_path: str, label: str, overrides: list[str], device: torch.devi
         sync(device)
         if call >= 5:
             timings.append(time.perf_counter() - start)
-    p50, p95 = (float(np.percentile(timings, q)) * 1e3 for q in (50, 95))
-    fits = "-" if device.type != "cuda" else ("yes" if peak <= BUDGET_BYTES else "NO")
-    return {"config": config_path, "head": label, "batch": config.train.batch_size, "samples_per_s": samples_per_s,
-            "peak_mib": peak / 2**20, "fits": fits, "plan_p50": p50, "plan_p95": p95,
-            "period_ms": 1000 / benchmark(config.env.name).fps}
+    return float(np.percentile(timings, 50)) * 1e3, float(np.percentile(timings, 95)) * 1e3
 
 
 def main() -> None:
@@ -102,6 +111,9 @@ def main() -> None:
     parser.add_argument("--steps", type=positive_int, default=200, help="training steps per config and head")
     parser.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (cpu: a smoke run, no memory numbers)")
     parser.add_argument("--heads", nargs="+", default=HEADS.names(), choices=HEADS.names())
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the diffusion and flow re-plans after compile_for_inference (evaluate.py "
+                             "--compile; each compile takes a minute or so)")
     parser.add_argument("--vlm", metavar="DIR", help="also measure the vision-language backbone with the model in DIR")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -109,9 +121,10 @@ def main() -> None:
         raise UserError("no CUDA device here; run on a GPU machine, or --device cpu for a smoke run")
     print(f"device: {device_name(device)}; torch {torch.__version__}; {args.steps} steps per row, "
           "bf16 where the config says")
-    print("| config | head | batch | samples/s | peak memory (MiB) | fits 1 GiB | re-plan p50 / p95 (ms) | "
-          "control period (ms) |")
-    print("|---|---|---|---|---|---|---|---|")
+    compiled_column = " compiled re-plan p50 / p95 (ms) |" if args.compile else ""
+    print("| config | head | batch | samples/s | peak memory (MiB) | fits 1 GiB | re-plan p50 / p95 (ms) |"
+          f"{compiled_column} control period (ms) |")
+    print("|---" * (9 if args.compile else 8) + "|")
     with tempfile.TemporaryDirectory() as tmp:
         text_model = save_tiny_text_model(tmp)
         rows = [(path, head, [f"text.model_name={text_model}", f"action_head.type={head}"])
@@ -120,10 +133,11 @@ def main() -> None:
             rows += [(VLM_CONFIG, label, [f"vlm.model_name={args.vlm}", *extra])
                      for label, extra in VLM_SETTINGS.items()]
         for config_path, label, overrides in rows:
-            r = check(config_path, label, overrides, device, args.steps)
+            r = check(config_path, label, overrides, device, args.steps, compile=args.compile)
+            compiled = f" {r['compiled_p50']:.1f} / {r['compiled_p95']:.1f} |" if args.compile else ""
             print(f"| {r['config']} | {r['head']} | {r['batch']} | {r['samples_per_s']:.0f} | "
                   f"{r['peak_mib']:.0f} | {r['fits']} | {r['plan_p50']:.1f} / "
-                  f"{r['plan_p95']:.1f} | {r['period_ms']:.1f} |", flush=True)
+                  f"{r['plan_p95']:.1f} |{compiled} {r['period_ms']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # connected machine with: pip download -d benchmarks/wheels einops pyyaml safetensors filelock tqdm
 # gymnasium tokenizers). Run from the repository root; prints one Markdown table, in under 5 minutes.
 #
-#   bash benchmarks/gpu_check.sh [--steps 200] [--heads flow diffusion] [--vlm DIR]
+#   bash benchmarks/gpu_check.sh [--steps 200] [--heads flow diffusion] [--compile] [--vlm DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS="${WHEELS:-benchmarks/wheels}"

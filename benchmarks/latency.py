@@ -4,6 +4,7 @@
     python -m benchmarks.latency --config configs/metaworld_reach.yaml --precision bf16   # as evaluate.py --precision
     python -m benchmarks.latency --config configs/metaworld_reach.yaml --denoising-steps 1 2 4 10
     python -m benchmarks.latency --config configs/metaworld_reach.yaml --fast-path
+    python -m benchmarks.latency --config configs/metaworld_reach.yaml --compile
 
 Two numbers per head: ``select_action`` (one control step; the model runs every
 ``n_action_steps`` calls and the other calls pop the queue) and one re-plan
@@ -12,12 +13,14 @@ chunk when ensembling), which bounds the worst control step. Compare with the co
 100 ms at 10 Hz (PushT), 12.5 ms at 80 Hz (Meta-World). ``--whole-chunk`` times re-plans of the
 whole chunk (the autoregressive head decodes all of it then, as it did at every re-plan before).
 ``--fast-path`` times the U-Net heads' re-plan with and without its fast path, interleaved in one
-process (separate runs drift by more than the difference).
+process (separate runs drift by more than the difference); ``--compile`` the same with and without
+``compile_for_inference`` (evaluate.py --compile).
 """
 
 import argparse
 import contextlib
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -106,29 +109,69 @@ def steps_table(config_path: str, overrides: list[str], heads: list[str], steps:
     return "\n".join(header + lines)
 
 
+def interleaved_replans(replans: dict[str, Callable[[], object]], calls: int, rounds: int = 4
+                        ) -> dict[str, list[float]]:
+    """Seconds per call of each re-plan function, timed in ``rounds`` alternating blocks of
+    ``calls // rounds`` calls each after one warm-up call per block (separate runs drift by more than
+    the differences these tables show)."""
+    times: dict[str, list[float]] = {name: [] for name in replans}
+    for _ in range(rounds):
+        for name, replan in replans.items():
+            replan()  # warm this variant's kernels and caches
+            for _ in range(max(1, calls // rounds)):
+                start = time.perf_counter()
+                replan()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def fast_path_table(config_path: str, overrides: list[str], heads: list[str], calls: int, rounds: int = 4,
                     precision: str = "fp32") -> str:
     """Markdown: the re-plan of each U-Net head on its fast path against ``plain_inference()``, the same
-    policy and observation, ``rounds`` alternating blocks of ``calls // rounds`` re-plans each."""
+    policy and observation, interleaved."""
     lines = []
     for head, head_set in head_overrides(config_path, overrides, heads):
         config = load_config(config_path, head_set)
         if config.action_head.denoiser != "unet":
             continue
         policy, batch = inference_policy(config, features_for(config.env), precision)
-        times = {"plain": [], "fast": []}
-        for _ in range(rounds):
-            for mode in times:
-                with plain_inference() if mode == "plain" else contextlib.nullcontext():
-                    policy.predict_action_chunk(batch, steps=policy.replan_steps)  # warm this mode's kernels
-                    for _ in range(max(1, calls // rounds)):
-                        start = time.perf_counter()
-                        policy.predict_action_chunk(batch, steps=policy.replan_steps)
-                        times[mode].append(time.perf_counter() - start)
+
+        def replan(plain: bool) -> None:
+            with plain_inference() if plain else contextlib.nullcontext():
+                policy.predict_action_chunk(batch, steps=policy.replan_steps)
+
+        times = interleaved_replans({"plain": lambda: replan(True), "fast": lambda: replan(False)}, calls, rounds)
         (plain50, plain95), (fast50, fast95) = percentiles_ms(times["plain"]), percentiles_ms(times["fast"])
         lines.append(f"| {head} | {plain50:.1f} / {plain95:.1f} | {fast50:.1f} / {fast95:.1f} | "
                      f"{plain50 / fast50:.2f}x |")
     header = ["| head | plain re-plan p50 / p95 (ms) | fast path p50 / p95 (ms) | p50 speed-up |", "|---|---|---|---|"]
+    return "\n".join(header + lines)
+
+
+def compile_table(config_path: str, overrides: list[str], heads: list[str], calls: int, rounds: int = 4,
+                  precision: str = "fp32") -> str:
+    """Markdown: the re-plan of each denoising head eager against ``compile_for_inference()`` (two policies
+    with the same weights, interleaved), the first compiled re-plan's seconds (the compile), and the
+    largest difference between the two chunks for one generator."""
+    lines = []
+    for head, head_set in head_overrides(config_path, overrides, heads):
+        config = load_config(config_path, head_set)
+        features = features_for(config.env)
+        eager, batch = inference_policy(config, features, precision)
+        compiled, _ = inference_policy(config, features, precision)
+        compiled.compile_for_inference()
+        start = time.perf_counter()
+        fast = compiled.predict_action_chunk(batch, torch.Generator().manual_seed(0), steps=compiled.replan_steps)
+        compile_s = time.perf_counter() - start
+        plain = eager.predict_action_chunk(batch, torch.Generator().manual_seed(0), steps=eager.replan_steps)
+        times = interleaved_replans(
+            {name: lambda p=p: p.predict_action_chunk(batch, steps=p.replan_steps)
+             for name, p in (("eager", eager), ("compiled", compiled))}, calls, rounds)
+        (eager50, eager95), (comp50, comp95) = percentiles_ms(times["eager"]), percentiles_ms(times["compiled"])
+        lines.append(f"| {head} | {eager50:.1f} / {eager95:.1f} | {comp50:.1f} / {comp95:.1f} | "
+                     f"{eager50 / comp50:.2f}x | {compile_s:.0f} | {(fast - plain).abs().max().item():.1e} |")
+    header = ["| head | eager re-plan p50 / p95 (ms) | compiled p50 / p95 (ms) | p50 speed-up | compile (s) | "
+              "largest action difference |", "|---|---|---|---|---|---|"]
     return "\n".join(header + lines)
 
 
@@ -145,17 +188,22 @@ def main() -> None:
                              "numbers of denoising steps (evaluate.py --inference-steps)")
     parser.add_argument("--fast-path", action="store_true",
                         help="instead: the diffusion and flow re-plan with and without the U-Net's fast path")
+    parser.add_argument("--compile", action="store_true",
+                        help="instead: the diffusion and flow re-plan eager and with compile_for_inference() "
+                             "(evaluate.py --compile)")
     parser.add_argument("--whole-chunk", action="store_true",
                         help="time re-plans of the whole chunk, not of the n_action_steps select_action executes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.config}, batch 1, {args.threads} threads, device cpu, {args.precision}")
-    if args.denoising_steps or args.fast_path:
+    if args.denoising_steps or args.fast_path or args.compile:
         heads = [h for h in args.heads if h in DENOISING_HEADS]
-        flag = "--fast-path" if args.fast_path else "--denoising-steps"
+        flag = "--fast-path" if args.fast_path else "--compile" if args.compile else "--denoising-steps"
         if not heads:
             raise UserError(f"{flag} times the {' and '.join(DENOISING_HEADS)} heads; --heads names neither")
-    if args.fast_path:
+    if args.compile:
+        print(compile_table(args.config, args.set, heads, args.calls, precision=args.precision))
+    elif args.fast_path:
         print(fast_path_table(args.config, args.set, heads, args.calls, precision=args.precision))
     elif args.denoising_steps:
         print(steps_table(args.config, args.set, heads, args.denoising_steps, args.calls, args.precision))

@@ -2,6 +2,8 @@
 
 import contextlib
 import functools
+import os
+import shutil
 
 import torch
 
@@ -103,3 +105,12 @@ def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractCon
     if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def check_compile_supported(device: torch.device) -> None:
+    """``torch.compile`` builds its CPU kernels with a C++ compiler: without one, say so in one line
+    before the first re-plan fails deep inside the compiler stack."""
+    compilers = (os.environ.get("CXX"), "g++", "clang++", "c++")
+    if device.type == "cpu" and not any(shutil.which(c) for c in compilers if c):
+        raise UserError("compiling for a CPU needs a C++ compiler (g++ or clang++, or CXX set to one), "
+                        "which torch.compile builds its kernels with; install one, or run without --compile")

@@ -103,6 +103,12 @@ class Policy(nn.Module, ABC):
         self.inference_precision = precision
         return self.eval()
 
+    def compile_for_inference(self) -> "Policy":
+        """Compile the parts of a re-plan that run many times (after ``for_inference``; the same chunks up to
+        float rounding). A backbone or head with nothing to compile is a UserError."""
+        raise UserError(f"compiling for inference is built for the modular backbone's diffusion and flow heads, "
+                        f"not for {self.config.model_summary()}")
+
     def inference_autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """The autocast context ``for_inference(precision)`` asked for (none for fp32)."""
         if self.inference_precision == "bf16":

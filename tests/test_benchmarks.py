@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import small_config
@@ -124,6 +125,25 @@ def test_gpu_check_runs_on_the_cpu_as_a_smoke_run(tiny_text_model):
                 steps=2)
     assert row["batch"] == 64 and row["samples_per_s"] > 0 and row["fits"] == "-"
     assert 0 < row["plan_p50"] <= row["plan_p95"] and row["period_ms"] == 100.0
+    assert np.isnan(row["compiled_p50"])  # not asked for
+
+
+def test_gpu_check_times_the_compiled_replan_when_asked(tiny_text_model, monkeypatch):
+    """--compile: the denoising heads' re-plan is timed again after compile_for_inference (the capture replayed
+    eagerly here: inductor's build takes minutes on 2 cores); heads with nothing to compile get no number."""
+    import functools
+
+    from benchmarks.gpu_check import check
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "pusht.yaml")
+    overrides = [f"text.model_name={tiny_text_model}", "action_head.down_dims=[16,32]"]
+    row = check(config, "flow", [*overrides, "action_head.type=flow"], torch.device("cpu"), steps=2, plans=3,
+                compile=True)
+    assert 0 < row["compiled_p50"] <= row["compiled_p95"]
+    row = check(config, "regression", [f"text.model_name={tiny_text_model}", "action_head.type=regression"],
+                torch.device("cpu"), steps=2, plans=3, compile=True)
+    assert np.isnan(row["compiled_p50"])
 
 
 def test_gpu_check_measures_the_vlm_backbone_settings(tiny_vlm):
@@ -250,6 +270,21 @@ def test_fast_path_table_alternates_plain_and_fast_replans(tiny_text_model, monk
     assert "| flow |" not in mlp  # no U-Net, no fast path to compare
 
 
+def test_compile_table_times_eager_and_compiled_replans_of_the_same_weights(tiny_text_model, monkeypatch):
+    """One row per denoising head: the compiled policy's chunk is the eager one's (the capture replayed
+    eagerly here), so the table's largest action difference is rounding."""
+    import functools
+
+    from benchmarks import latency
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    path = str(CONFIGS[0].parent / "metaworld_reach.yaml")
+    table = latency.compile_table(path, [f"text.model_name={tiny_text_model}", "action_head.down_dims=[16,32]"],
+                                  ["flow"], calls=4, rounds=2)
+    row = next(line for line in table.splitlines() if line.startswith("| flow |"))
+    assert float(row.strip("| ").split("|")[-1]) < 1e-5
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_benchmarks_skip_bf16_where_the_cpu_emulates_it(monkeypatch, capsys, native):
     """An emulated bf16 step takes many times an fp32 one: ``python -m benchmarks`` measures fp32 only there."""
@@ -269,6 +304,7 @@ def test_benchmarks_skip_bf16_where_the_cpu_emulates_it(monkeypatch, capsys, nat
     monkeypatch.setattr(latency, "steps_table", lambda path, sets, heads, steps, calls, precision:
                         asked.append(("replan", precision)) or "table")
     monkeypatch.setattr(latency, "fast_path_table", lambda *args: "table")
+    monkeypatch.setattr(latency, "compile_table", lambda *args: "table")
     monkeypatch.setattr(memory, "memory_table", lambda *args: "table")
     monkeypatch.setattr(scaling, "scaling_table", lambda *args: "table")
     monkeypatch.setattr(sys, "argv", ["benchmarks", "--quick"])

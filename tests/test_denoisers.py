@@ -96,3 +96,32 @@ def test_fast_inference_path_gives_the_plain_chunk_for_a_fixed_generator(config,
     assert fast_calls["conv"] == 0 and calls["conv"] > 0  # at batch 1 the fast path runs no library conv
     assert torch.allclose(fast, plain, atol=1e-5)
     assert not torch.equal(fast, head.predict(context, torch.Generator().manual_seed(6)))
+
+
+@pytest.mark.parametrize("denoiser", [ConditionalUnet1D(3, 12, (8, 16), time_embed_dim=8),
+                                      MLPDenoiser(3, 5, 12, hidden=16, n_layers=2, time_embed_dim=8)],
+                         ids=["unet", "mlp"])
+def test_compile_for_inference_runs_the_compiled_step_only_where_asked(denoiser, monkeypatch):
+    """After compile_for_inference a sampler's steps go through the compiled ``step`` (its output is the
+    eager one's); training's forward and the plain_inference reference stay eager."""
+    compiled_calls = []
+
+    def fake_compile(fn):
+        return lambda *args: compiled_calls.append(len(args)) or fn(*args)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    torch.manual_seed(1)
+    cond, x, t = torch.randn(2, 12), torch.randn(2, 5, 3), torch.full((2,), 40.0)
+    eager = denoiser.conditioned(cond)(x, t)
+    denoiser.compile_for_inference()
+    assert not compiled_calls
+    denoise = denoiser.conditioned(cond)
+    assert torch.equal(denoise(x, t), eager) and torch.equal(denoise(x, t), eager)
+    assert compiled_calls == [3, 3]  # (x, t, prepared) at every step
+    denoiser(x, t, cond).sum()  # training's call
+    assert compiled_calls == [3, 3]
+    if isinstance(denoiser, ConditionalUnet1D):  # the reference path stays eager
+        with plain_inference():
+            assert torch.allclose(denoiser.conditioned(cond)(x, t), eager, atol=1e-6)
+        assert compiled_calls == [3, 3]
+    denoiser._compiled_step = None  # the parametrized instance is shared with other tests
