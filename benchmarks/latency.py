@@ -136,7 +136,7 @@ def fast_path_table(config_path: str, overrides: list[str], heads: list[str], ca
             continue
         policy, batch = inference_policy(config, features_for(config.env), precision)
 
-        def replan(plain: bool) -> None:
+        def replan(plain: bool, policy=policy, batch=batch) -> None:
             with plain_inference() if plain else contextlib.nullcontext():
                 policy.predict_action_chunk(batch, steps=policy.replan_steps)
 
@@ -165,13 +165,13 @@ def compile_table(config_path: str, overrides: list[str], heads: list[str], call
         compile_s = time.perf_counter() - start
         plain = eager.predict_action_chunk(batch, torch.Generator().manual_seed(0), steps=eager.replan_steps)
         times = interleaved_replans(
-            {name: lambda p=p: p.predict_action_chunk(batch, steps=p.replan_steps)
+            {name: lambda p=p, b=batch: p.predict_action_chunk(b, steps=p.replan_steps)
              for name, p in (("eager", eager), ("compiled", compiled))}, calls, rounds)
         (eager50, eager95), (comp50, comp95) = percentiles_ms(times["eager"]), percentiles_ms(times["compiled"])
         lines.append(f"| {head} | {eager50:.1f} / {eager95:.1f} | {comp50:.1f} / {comp95:.1f} | "
                      f"{eager50 / comp50:.2f}x | {compile_s:.0f} | {(fast - plain).abs().max().item():.1e} |")
-    header = ["| head | eager re-plan p50 / p95 (ms) | compiled p50 / p95 (ms) | p50 speed-up | compile (s) | "
-              "largest action difference |", "|---|---|---|---|---|---|"]
+    header = [("| head | eager re-plan p50 / p95 (ms) | compiled p50 / p95 (ms) | p50 speed-up | compile (s) | "
+               "largest action difference |"), "|---|---|---|---|---|---|"]
     return "\n".join(header + lines)
 
 
