@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from action_head import HEADS
+from benchmarks.latency import DENOISING_HEADS
 from core.device import autocast_for, device_name
 from core.errors import ArgumentParser, UserError, positive_int, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
@@ -82,7 +83,7 @@ def check(config_path: str, label: str, overrides: list[str], device: torch.devi
         obs[OBS_IMAGE] = one[OBS_IMAGE][:, 0]
     p50, p95 = replan_ms(policy, obs, device, autocast, plans)
     compiled = (float("nan"), float("nan"))
-    if compile and config.action_head.type in ("diffusion", "flow"):
+    if compile and config.action_head.type in DENOISING_HEADS:
         compiled = replan_ms(policy.compile_for_inference(), obs, device, autocast, plans)  # warm-up compiles
     fits = "-" if device.type != "cuda" else ("yes" if peak <= BUDGET_BYTES else "NO")
     return {"config": config_path, "head": label, "batch": config.train.batch_size, "samples_per_s": samples_per_s,
