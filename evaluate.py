@@ -5,7 +5,7 @@
     python evaluate.py --env metaworld --episodes 20             # every task the checkpoint was trained on
     python evaluate.py --env metaworld --protocol metaworld      # Meta-World's own 50 layouts per task (MT1)
     python evaluate.py --env metaworld --precision bf16 --inference-steps 4   # a faster re-plan; check success
-    python evaluate.py --env pusht --compile                     # diffusion/flow: the denoiser through torch.compile
+    python evaluate.py --env pusht --compile                     # the networks through torch.compile
 
 Prints success with a 95% Wilson interval (and for PushT the score, the average max coverage
 reward of the Diffusion Policy paper), and writes JSON results and videos into the run directory
@@ -93,9 +93,10 @@ def main() -> None:
                              "(whether it is faster depends on the hardware: python -m benchmarks.latency "
                              "--precision bf16)")
     parser.add_argument("--compile", action="store_true",
-                        help="run a diffusion or flow head's denoiser through torch.compile: faster re-plans "
-                             "(python -m benchmarks.latency --compile) after a compile of seconds to a minute per "
-                             "batch size; the same actions up to float rounding")
+                        help="run the modular model's encoders, fusion and denoiser step through torch.compile "
+                             "with frozen weights: faster re-plans where it pays (python -m benchmarks.latency "
+                             "--compile) after a compile of seconds to a minute per batch size; the same actions up "
+                             "to float rounding")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -126,7 +127,7 @@ def main() -> None:
         set_inference_steps(policy, args.inference_steps)
     if args.compile:
         policy.compile_for_inference()
-        print("compile: the denoiser's step through torch.compile (the first re-plans compile it)")
+        print("compile: the encoders, fusion and denoiser step through torch.compile (the first re-plans compile)")
     print(f"checkpoint {checkpoint}: {config.model_summary()}, tasks {config.env.tasks}")
     # Results go into the run (runs/NAME/ for runs/NAME/checkpoints/best), else beside the checkpoint.
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint

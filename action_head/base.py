@@ -78,11 +78,10 @@ class ActionHead(nn.Module, ABC):
         self._check_prefix(steps)
         return self.predict(context, generator)[:, :steps]
 
-    def compile_for_inference(self) -> bool:
-        """Compile what the head runs many times per re-plan (``torch.compile``, inference only); False when
-        it compiles nothing (the default: the regression head runs its network once per chunk, and the
-        autoregressive decoder's key/value cache grows every token, a new shape to compile each time)."""
-        return False
+    def compile_for_inference(self) -> None:
+        """Compile what the head runs many times per re-plan (``torch.compile``, inference only). Nothing by
+        default: the regression head runs its network once per chunk, and the autoregressive decoder's
+        key/value cache grows every token, a new shape to compile each time."""
 
     def _check_prefix(self, steps: int) -> None:
         if not 1 <= steps <= self.chunk_size:

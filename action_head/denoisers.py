@@ -22,6 +22,7 @@ from torch import nn
 
 from action_head.base import HeadConfig
 from core.configuration import ConfigError, doc_field
+from core.device import compile_frozen
 
 DenoiserKind = Literal["unet", "mlp"]
 DENOISER_KINDS: tuple[str, ...] = typing.get_args(DenoiserKind)
@@ -176,11 +177,11 @@ class Denoiser(nn.Module, ABC):
         return lambda x, t: step(x, t, prepared)
 
     def compile_for_inference(self) -> None:
-        """From here on ``conditioned`` runs ``step`` through ``torch.compile`` (inference only: the first
-        call at each new batch size compiles, seconds to a minute on a CPU; training calls ``forward``,
-        which stays eager). At batch 1 the step is a few hundred small ops, so fusing them pays:
-        ``python -m benchmarks.latency --compile`` times both."""
-        self._compiled_step = torch.compile(self.step)
+        """From here on ``conditioned`` runs ``step`` through ``torch.compile`` with frozen weights
+        (``core.device.compile_frozen``; inference only: the first call at each new batch size compiles,
+        seconds to a minute on a CPU; training calls ``forward``, which stays eager). At batch 1 the step
+        is a few hundred small ops, so fusing them pays: ``python -m benchmarks.latency --compile`` times both."""
+        self._compiled_step = compile_frozen(self.step)
 
 
 class ConditionalUnet1D(Denoiser):

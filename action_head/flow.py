@@ -69,9 +69,8 @@ class FlowHead(ActionHead):
         mse = masked_mean((pred.float() - (x1 - x0)) ** 2, action_is_pad)  # float32 even under autocast
         return mse, {"mse": mse.item()}
 
-    def compile_for_inference(self) -> bool:
+    def compile_for_inference(self) -> None:
         self.denoiser.compile_for_inference()  # it runs num_inference_steps times per chunk
-        return True
 
     @torch.no_grad()
     def predict(self, context: Context, generator: Generators = None) -> torch.Tensor:

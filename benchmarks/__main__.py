@@ -83,7 +83,7 @@ def main() -> None:
     section(f"The U-Net re-plan with and without its fast path ({REACH}, fp32, interleaved in one process)",
             latency.fast_path_table(REACH, args.set, list(latency.DENOISING_HEADS), calls))
     section(f"The re-plan eager and compiled ({REACH}, fp32, compile_for_inference, interleaved in one process)",
-            latency.compile_table(REACH, args.set, list(latency.DENOISING_HEADS), calls))
+            latency.compile_table(REACH, args.set, heads, calls))
     section("Parameters and peak training-step memory", memory.memory_table(MEMORY_CONFIGS, args.set, heads))
     axes = scaling.AXES if not args.quick else {k: v[:2] for k, v in scaling.AXES.items()}
     section(f"Scaling ({REACH}, diffusion head, its precision)", scaling.scaling_table(REACH, args.set, axes))

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from action_head import HEADS
-from benchmarks.latency import DENOISING_HEADS
 from core.device import autocast_for, device_name
 from core.errors import ArgumentParser, UserError, positive_int, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
@@ -83,7 +82,7 @@ def check(config_path: str, label: str, overrides: list[str], device: torch.devi
         obs[OBS_IMAGE] = one[OBS_IMAGE][:, 0]
     p50, p95 = replan_ms(policy, obs, device, autocast, plans)
     compiled = (float("nan"), float("nan"))
-    if compile and config.action_head.type in DENOISING_HEADS:
+    if compile and config.backbone.type == "modular":
         compiled = replan_ms(policy.compile_for_inference(), obs, device, autocast, plans)  # warm-up compiles
     fits = "-" if device.type != "cuda" else ("yes" if peak <= BUDGET_BYTES else "NO")
     return {"config": config_path, "head": label, "batch": config.train.batch_size, "samples_per_s": samples_per_s,
@@ -113,7 +112,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (cpu: a smoke run, no memory numbers)")
     parser.add_argument("--heads", nargs="+", default=HEADS.names(), choices=HEADS.names())
     parser.add_argument("--compile", action="store_true",
-                        help="also time the diffusion and flow re-plans after compile_for_inference (evaluate.py "
+                        help="also time the modular backbone's re-plans after compile_for_inference (evaluate.py "
                              "--compile; each compile takes a minute or so)")
     parser.add_argument("--vlm", metavar="DIR", help="also measure the vision-language backbone with the model in DIR")
     args = parser.parse_args()

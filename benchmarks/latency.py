@@ -13,8 +13,8 @@ chunk when ensembling), which bounds the worst control step. Compare with the co
 100 ms at 10 Hz (PushT), 12.5 ms at 80 Hz (Meta-World). ``--whole-chunk`` times re-plans of the
 whole chunk (the autoregressive head decodes all of it then, as it did at every re-plan before).
 ``--fast-path`` times the U-Net heads' re-plan with and without its fast path, interleaved in one
-process (separate runs drift by more than the difference); ``--compile`` the same with and without
-``compile_for_inference`` (evaluate.py --compile).
+process (separate runs drift by more than the difference); ``--compile`` every head's re-plan with and
+without ``compile_for_inference`` (evaluate.py --compile).
 """
 
 import argparse
@@ -150,9 +150,9 @@ def fast_path_table(config_path: str, overrides: list[str], heads: list[str], ca
 
 def compile_table(config_path: str, overrides: list[str], heads: list[str], calls: int, rounds: int = 4,
                   precision: str = "fp32") -> str:
-    """Markdown: the re-plan of each denoising head eager against ``compile_for_inference()`` (two policies
-    with the same weights, interleaved), the first compiled re-plan's seconds (the compile), and the
-    largest difference between the two chunks for one generator."""
+    """Markdown: the re-plan of each head eager against ``compile_for_inference()`` (two policies with the
+    same weights, interleaved), the first compiled re-plan's seconds (the compile), and the largest
+    difference between the two chunks for one generator."""
     lines = []
     for head, head_set in head_overrides(config_path, overrides, heads):
         config = load_config(config_path, head_set)
@@ -189,20 +189,20 @@ def main() -> None:
     parser.add_argument("--fast-path", action="store_true",
                         help="instead: the diffusion and flow re-plan with and without the U-Net's fast path")
     parser.add_argument("--compile", action="store_true",
-                        help="instead: the diffusion and flow re-plan eager and with compile_for_inference() "
+                        help="instead: each head's re-plan eager and with compile_for_inference() "
                              "(evaluate.py --compile)")
     parser.add_argument("--whole-chunk", action="store_true",
                         help="time re-plans of the whole chunk, not of the n_action_steps select_action executes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.config}, batch 1, {args.threads} threads, device cpu, {args.precision}")
-    if args.denoising_steps or args.fast_path or args.compile:
+    if args.denoising_steps or args.fast_path:
         heads = [h for h in args.heads if h in DENOISING_HEADS]
-        flag = "--fast-path" if args.fast_path else "--compile" if args.compile else "--denoising-steps"
+        flag = "--fast-path" if args.fast_path else "--denoising-steps"
         if not heads:
             raise UserError(f"{flag} times the {' and '.join(DENOISING_HEADS)} heads; --heads names neither")
     if args.compile:
-        print(compile_table(args.config, args.set, heads, args.calls, precision=args.precision))
+        print(compile_table(args.config, args.set, args.heads, args.calls, precision=args.precision))
     elif args.fast_path:
         print(fast_path_table(args.config, args.set, heads, args.calls, precision=args.precision))
     elif args.denoising_steps:

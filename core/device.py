@@ -4,6 +4,7 @@ import contextlib
 import functools
 import os
 import shutil
+from collections.abc import Callable
 
 import torch
 
@@ -114,3 +115,22 @@ def check_compile_supported(device: torch.device) -> None:
     if device.type == "cpu" and not any(shutil.which(c) for c in compilers if c):
         raise UserError("compiling for a CPU needs a C++ compiler (g++ or clang++, or CXX set to one), "
                         "which torch.compile builds its kernels with; install one, or run without --compile")
+
+
+def compile_frozen(fn: Callable) -> Callable:
+    """``torch.compile(fn)`` for inference with inductor's freezing: without gradients, the weights ``fn``
+    reads become constants of its graph (folded, and pre-packed into the layouts oneDNN's convolutions
+    want). Dynamo reads the setting while it traces, at the first call and at every recompile, so it is
+    on around every call (``torch.compile(fn, options={"freezing": True})`` only reaches the compiler
+    and measured no gain). Weights changed after the first call are not seen: compile after loading."""
+    # Imported on demand, as torch.compile does.
+    from torch._inductor import config as inductor_config
+
+    compiled = torch.compile(fn)
+
+    @functools.wraps(fn)
+    def run(*args):
+        with inductor_config.patch(freezing=True):
+            return compiled(*args)
+
+    return run

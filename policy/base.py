@@ -104,10 +104,11 @@ class Policy(nn.Module, ABC):
         return self.eval()
 
     def compile_for_inference(self) -> "Policy":
-        """Compile the parts of a re-plan that run many times (after ``for_inference``; the same chunks up to
-        float rounding). A backbone or head with nothing to compile is a UserError."""
-        raise UserError(f"compiling for inference is built for the modular backbone's diffusion and flow heads, "
-                        f"not for {self.config.model_summary()}")
+        """Compile a re-plan's networks for inference (after ``for_inference`` and after loading weights:
+        compiled weights are frozen; the same chunks up to float rounding). A backbone with nothing to
+        compile is a UserError."""
+        raise UserError(f"compiling for inference is built for the modular backbone, not for "
+                        f"{self.config.model_summary()}; run without --compile")
 
     def inference_autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """The autocast context ``for_inference(precision)`` asked for (none for fp32)."""

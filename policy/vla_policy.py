@@ -15,9 +15,17 @@ from einops import rearrange
 from torch import nn
 
 from action_head import build_head
-from core.keys import (ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_FIRST_TOKENS, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE,
-                       TASK)
-from core.device import check_compile_supported
+from core.device import check_compile_supported, compile_frozen
+from core.keys import (
+    ACTION,
+    ACTION_IS_PAD,
+    OBS_FIRST_IMAGE,
+    OBS_FIRST_TOKENS,
+    OBS_IMAGE,
+    OBS_PRIVILEGED,
+    OBS_STATE,
+    TASK,
+)
 from core.rng import Generators
 from encoders import StateEncoder, TextEncoder, VisionEncoder
 from envs.features import Features
@@ -52,6 +60,7 @@ class VLAPolicy(Policy):
         self.aux_state = (nn.Sequential(nn.Linear(config.fusion.n_queries * d, d), nn.GELU(),
                                         nn.Linear(d, features.privileged_dim))
                           if pc.aux_state_weight > 0 else None)
+        self._compiled = False  # compile_for_inference ran
 
     def encode(self, obs: dict) -> Context:
         """Observation with a time axis (see core.keys) -> fused Context."""
@@ -120,13 +129,17 @@ class VLAPolicy(Policy):
         return self
 
     def compile_for_inference(self) -> "VLAPolicy":
-        """See ``Policy.compile_for_inference``: the denoiser's step, which a re-plan runs
-        ``num_inference_steps`` times. The encoders run once per re-plan and are left eager: compiled, the
-        ResNet and fusion measured no faster at batch 1 on a CPU (their convolutions and matmuls are
-        already library kernels)."""
+        """See ``Policy.compile_for_inference``. The ResNet, the state encoder and the fusion run through
+        ``torch.compile`` with frozen weights (``core.device.compile_frozen``: oneDNN's convolutions get
+        their weights pre-packed once, not at every call), and the head compiles what it runs many times
+        per re-plan (a denoiser's step). The frozen text model stays eager: it runs once per instruction."""
         check_compile_supported(next(self.parameters()).device)
-        if not self.head.compile_for_inference():
-            super().compile_for_inference()  # the UserError naming what has nothing to compile
+        if not self._compiled:
+            for module in (self.vision, self.state_encoder, self.fusion):
+                if module is not None:
+                    module.forward = compile_frozen(module.forward)
+            self.head.compile_for_inference()
+            self._compiled = True
         return self
 
     @torch.no_grad()

@@ -35,10 +35,9 @@ def tiny_pusht_overrides(text_model: str) -> list[str]:
             "policy.n_action_steps=2"]
 
 
-def write_checkpoint(directory: Path, text_model: str, head: str = "flow") -> Path:
+def write_checkpoint(directory: Path, text_model: str) -> Path:
     """A tiny PushT-state checkpoint with the training state train.py --resume reads."""
-    overrides = [o for o in tiny_pusht_overrides(text_model) if head == "flow" or not o.startswith("action_head.")]
-    config = load_config(PUSHT_STATE, [*overrides, f"action_head.type={head}"])
+    config = load_config(PUSHT_STATE, tiny_pusht_overrides(text_model))
     features = features_for(config.env)
     torch.manual_seed(0)
     policy = VLAPolicy(config.model, features)
@@ -78,8 +77,6 @@ def files(tmp_path_factory, tiny_text_model) -> dict[str, str]:
     good = root / "run" / "checkpoints" / "latest"
     write_checkpoint(good, tiny_text_model)
     paths["run"] = str(root / "run")
-    write_checkpoint(root / "run_regression" / "checkpoints" / "latest", tiny_text_model, head="regression")
-    paths["run_regression"] = str(root / "run_regression")
     paths["ckpt"] = str(good)
 
     def damaged(name: str, damage) -> None:
@@ -247,9 +244,6 @@ def cases(f: dict[str, str]) -> list[tuple[str, str, list[str], str]]:
          "SHA-256 differs"),
         ("evaluate NaN weights", "evaluate.py", ["--env", "pusht", "--checkpoint", f["weights_nan"]],
          "holds NaN or inf"),
-        ("evaluate --compile, regression head", "evaluate.py",
-         ["--env", "pusht", "--checkpoint", f["run_regression"], "--compile", "--episodes", "1"],
-         "built for the modular backbone's diffusion and flow heads"),
         ("evaluate garbage config.json", "evaluate.py", ["--env", "pusht", "--checkpoint", f["config_garbage"]],
          "config.json is damaged"),
         # -- ablate.py ------------------------------------------------------------------------

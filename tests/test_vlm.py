@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import UserError
 from core.keys import ACTION, OBS_IMAGE, OBS_STATE
 from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs.features import Features
@@ -299,3 +300,9 @@ def test_random_real_size_smolvlms_have_the_hub_models_parameter_counts(size, mi
         model = SmolVLMForConditionalGeneration(config)
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, rel=0.03)
     assert processor.image_seq_len == 64  # 512 px, patch 16, pixel shuffle 4
+
+
+def test_compiling_the_vlm_backbone_is_a_user_error(tiny_vlm):
+    """evaluate.py --compile is built for the modular backbone: a one-line error, not a stack trace."""
+    with pytest.raises(UserError, match="built for the modular backbone"):
+        vlm_policy(tiny_vlm).for_inference().compile_for_inference()
