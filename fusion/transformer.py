@@ -61,7 +61,8 @@ class FusionTransformer(nn.Module):
         Returns:
             Context with query (B, Q, d), scene (B, N, d) and the mask.
         """
-        if scene_pad_mask.all(dim=1).any():
+        # A check of values, which torch.compile cannot trace without splitting the graph: eager only.
+        if not torch.compiler.is_compiling() and scene_pad_mask.all(dim=1).any():
             raise ValueError("every scene token of some sample is padding; nothing to attend to")
         scene = self.scene_norm(self.scene_encoder(scene, src_key_padding_mask=scene_pad_mask))
         queries = state_token[:, None, :] + self.query_offsets[None]

@@ -373,7 +373,7 @@ def test_first_frame_needs_cameras_and_the_modular_backbone(tiny_text_model):
 @pytest.mark.parametrize("head", ["flow", "regression", "autoregressive"])
 def test_compiled_policy_gives_the_eager_chunk_for_a_fixed_generator(tiny_text_model, monkeypatch, head):
     """torch.compile captures the ResNet, the state encoder, the fusion and a denoiser's step each in one graph
-    (a graph break would cost a re-plan its speed), and the captured graphs give the same chunks: nothing
+    (``fullgraph``: a graph break would cost a re-plan its speed), and the captured graphs give the same chunks: nothing
     per-chunk (the observation, the prepared condition, the noise) is baked into them as a constant. The
     backend here replays the captured graphs eagerly: inductor's C++ build takes minutes on 2 cores
     (``python -m benchmarks.latency --compile`` compares inductor's chunks with eager's on the real model)."""
@@ -381,7 +381,8 @@ def test_compiled_policy_gives_the_eager_chunk_for_a_fixed_generator(tiny_text_m
 
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    # fullgraph: a graph break is an error (dynamo's graph_break counter stays empty in this torch).
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager", fullgraph=True))
     policy = make_policy(tiny_text_model, head).for_inference()
     batch = fake_batch(SMALL_FEATURES, policy.config)
     other = fake_batch(SMALL_FEATURES, policy.config, batch_size=1, seed=1)  # another observation and batch size
@@ -390,8 +391,7 @@ def test_compiled_policy_gives_the_eager_chunk_for_a_fixed_generator(tiny_text_m
     assert policy.compile_for_inference() is policy
     assert policy.compile_for_inference() is policy  # once is enough; a second call wraps nothing twice
     compiled = [policy.predict_action_chunk(b, torch.Generator().manual_seed(0)) for b in (batch, other)]
-    assert not counters["graph_break"]
-    # Captured: the ResNet, the state encoder, the fusion, and the denoiser's step (flow).
+    # Captured: the ResNet, the state encoder, the fusion, and the denoiser's step (flow), at two batch sizes.
     assert counters["stats"]["unique_graphs"] >= (4 if head == "flow" else 3)
     for c, e in zip(compiled, eager):
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5)
