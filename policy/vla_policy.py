@@ -16,16 +16,8 @@ from torch import nn
 
 from action_head import build_head
 from core.device import check_compile_supported, compile_frozen
-from core.keys import (
-    ACTION,
-    ACTION_IS_PAD,
-    OBS_FIRST_IMAGE,
-    OBS_FIRST_TOKENS,
-    OBS_IMAGE,
-    OBS_PRIVILEGED,
-    OBS_STATE,
-    TASK,
-)
+from core.keys import (ACTION, ACTION_IS_PAD, OBS_FIRST_IMAGE, OBS_FIRST_TOKENS, OBS_IMAGE, OBS_PRIVILEGED, OBS_STATE,
+                       TASK)
 from core.rng import Generators
 from encoders import StateEncoder, TextEncoder, VisionEncoder
 from envs.features import Features
