@@ -83,6 +83,7 @@ def check(config_path: str, label: str, overrides: list[str], device: torch.devi
     p50, p95 = replan_ms(policy, obs, device, autocast, plans)
     compiled = (float("nan"), float("nan"))
     if compile and config.backbone.type == "modular":
+        torch._dynamo.reset()  # each row compiles afresh: past dynamo's recompile limit a row would run eager
         compiled = replan_ms(policy.compile_for_inference(), obs, device, autocast, plans)  # warm-up compiles
     fits = "-" if device.type != "cuda" else ("yes" if peak <= BUDGET_BYTES else "NO")
     return {"config": config_path, "head": label, "batch": config.train.batch_size, "samples_per_s": samples_per_s,

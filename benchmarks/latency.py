@@ -159,6 +159,7 @@ def compile_table(config_path: str, overrides: list[str], heads: list[str], call
         features = features_for(config.env)
         eager, batch = inference_policy(config, features, precision)
         compiled, _ = inference_policy(config, features, precision)
+        torch._dynamo.reset()  # each row compiles afresh: past dynamo's recompile limit a row would run eager
         compiled.compile_for_inference()
         start = time.perf_counter()
         fast = compiled.predict_action_chunk(batch, torch.Generator().manual_seed(0), steps=compiled.replan_steps)
