@@ -420,19 +420,22 @@ def test_compiled_networks_run_with_frozen_weights(monkeypatch):
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
                     reason="inductor builds its CPU kernels with a C++ compiler, and this machine has none")
 def test_inductor_folds_the_weights_compile_frozen_reads():
-    """What compile_frozen is for, through inductor itself (one Linear layer: about 10 s to build on 2 cores):
-    the compiled output is the eager one, and a weight changed after the first call is not seen, because it
-    was folded into the graph as a constant. Unfrozen, dynamo passes the weights in at every call and the
-    change would show; ``torch.compile(options={"freezing": True})`` did not freeze (it fails this test)."""
+    """What compile_frozen is for, through inductor itself (Linear layers: seconds to build on 2 cores): the
+    compiled output is the eager one, and a weight changed after the first call is not seen, because it was
+    folded into the graph as a constant. Unfrozen, dynamo passes the weights in at every call and the change
+    would show; ``torch.compile(options={"freezing": True})`` did not freeze (it fails this test). A second
+    module of the same class, compiled in the same process, runs with its own weights, not the first one's
+    constants (dynamo caches per code object: two policies share their modules' code)."""
     from core.device import compile_frozen
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    layer, x = torch.nn.Linear(8, 4), torch.randn(2, 8)
-    run = compile_frozen(layer)
+    layer, other, x = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4), torch.randn(2, 8)
+    run, run_other = compile_frozen(layer), compile_frozen(other)
     with torch.no_grad():
         first = run(x)
         torch.testing.assert_close(first, layer(x))
+        torch.testing.assert_close(run_other(x), other(x))
         layer.weight.add_(1.0)
         assert torch.equal(run(x), first)
 
