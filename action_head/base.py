@@ -79,9 +79,9 @@ class ActionHead(nn.Module, ABC):
         return self.predict(context, generator)[:, :steps]
 
     def compile_for_inference(self) -> None:
-        """Compile what the head runs many times per re-plan (``torch.compile``, inference only). Nothing by
-        default: the regression head runs its network once per chunk, and the autoregressive decoder's
-        key/value cache grows every token, a new shape to compile each time."""
+        """Compile what the head runs many times per re-plan (``torch.compile``, inference only: a denoiser's
+        step, the autoregressive decoder's step). Nothing by default: the regression head runs its small
+        network once per chunk."""
 
     def _check_prefix(self, steps: int) -> None:
         if not 1 <= steps <= self.chunk_size:
