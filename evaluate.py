@@ -93,10 +93,10 @@ def main() -> None:
                              "(whether it is faster depends on the hardware: python -m benchmarks.latency "
                              "--precision bf16)")
     parser.add_argument("--compile", action="store_true",
-                        help="run the modular model's encoders, fusion and denoiser step through torch.compile "
-                             "with frozen weights: faster re-plans where it pays (python -m benchmarks.latency "
-                             "--compile) after a compile of seconds to a minute per batch size; the same actions up "
-                             "to float rounding")
+                        help="run the modular model's encoders, fusion and the head's repeated step (denoiser or "
+                             "decoder) through torch.compile with frozen weights: faster re-plans where it pays "
+                             "(python -m benchmarks.latency --compile) after a compile of seconds to a minute per "
+                             "batch size; the same actions up to float rounding")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -127,7 +127,7 @@ def main() -> None:
         set_inference_steps(policy, args.inference_steps)
     if args.compile:
         policy.compile_for_inference()
-        print("compile: the encoders, fusion and denoiser step through torch.compile (the first re-plans compile)")
+        print("compile: the encoders, fusion and the head's step through torch.compile (the first re-plans compile)")
     print(f"checkpoint {checkpoint}: {config.model_summary()}, tasks {config.env.tasks}")
     # Results go into the run (runs/NAME/ for runs/NAME/checkpoints/best), else beside the checkpoint.
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint

@@ -124,7 +124,8 @@ class VLAPolicy(Policy):
         """See ``Policy.compile_for_inference``. The ResNet, the state encoder and the fusion run through
         ``torch.compile`` with frozen weights (``core.device.compile_frozen``: oneDNN's convolutions get
         their weights pre-packed once, not at every call), and the head compiles what it runs many times
-        per re-plan (a denoiser's step). The frozen text model stays eager: it runs once per instruction."""
+        per re-plan (a denoiser's or the decoder's step). The frozen text model stays eager: it runs once per
+        instruction."""
         check_compile_supported(next(self.parameters()).device)
         if not self._compiled:
             for module in (self.vision, self.state_encoder, self.fusion):
