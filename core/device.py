@@ -122,7 +122,8 @@ def compile_frozen(fn: Callable) -> Callable:
     reads become constants of its graph (folded, and pre-packed into the layouts oneDNN's convolutions
     want). Dynamo reads the setting while it traces, at the first call and at every recompile, so it is
     on around every call (``torch.compile(fn, options={"freezing": True})`` only reaches the compiler
-    and measured no gain). Weights changed after the first call are not seen: compile after loading."""
+    and measured no gain). Weights changed after the first call are not seen: compile after loading.
+    With gradients on (training), ``fn`` runs eager: nothing is compiled or frozen for a backward pass."""
     # Imported on demand, as torch.compile does.
     from torch._inductor import config as inductor_config
 
@@ -130,6 +131,8 @@ def compile_frozen(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def run(*args):
+        if torch.is_grad_enabled():
+            return fn(*args)
         with inductor_config.patch(freezing=True):
             return compiled(*args)
 

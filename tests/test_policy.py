@@ -400,11 +400,16 @@ def test_compiled_policy_gives_the_eager_chunk_for_a_fixed_generator(tiny_text_m
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5)
     if head == "flow":
         assert not torch.equal(compiled[0], policy.predict_action_chunk(batch, torch.Generator().manual_seed(1)))
+    graphs = counters["stats"]["unique_graphs"]
+    loss, _ = policy.train()(batch)  # training stays eager and differentiable
+    loss.backward()
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled for training
 
 
 def test_compiled_networks_run_with_frozen_weights(monkeypatch):
-    """compile_frozen turns inductor's freezing on around every call, where dynamo reads it (at the first
-    call and at each recompile), and leaves it as it was between calls."""
+    """compile_frozen turns inductor's freezing on around every call without gradients, where dynamo reads it
+    (at the first call and at each recompile), and leaves it as it was between calls; with gradients on
+    (training) the function runs eager."""
     from torch._inductor import config as inductor_config
 
     from core.device import compile_frozen
@@ -413,8 +418,10 @@ def test_compiled_networks_run_with_frozen_weights(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn: lambda *args: seen.append(inductor_config.freezing) or fn(*args))
     before = inductor_config.freezing
     double = compile_frozen(lambda x: 2 * x)
-    assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0)) and double(torch.ones(3)).shape == (3,)
+    with torch.no_grad():  # inference: with gradients on, the eager function runs
+        assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0)) and double(torch.ones(3)).shape == (3,)
     assert seen == [True, True] and inductor_config.freezing == before
+    assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0)) and seen == [True, True]
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
