@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from action_head.denoisers import (ConditionalResidualBlock1D, ConditionalUnet1D, Conv1d, Denoiser, MLPDenoiser,
-                                  plain_inference)
+                                  ResidualMLPDenoiser, plain_inference)
 from action_head.diffusion import DiffusionHeadConfig
 from action_head.flow import FlowHeadConfig
 from action_head.base import build_head
@@ -59,8 +59,9 @@ def test_unet_checkpoint_keys_are_unchanged():
 
 
 @pytest.mark.parametrize("denoiser", [ConditionalUnet1D(3, 12, (8, 16), time_embed_dim=8),
-                                      MLPDenoiser(3, 5, 12, hidden=16, n_layers=2, time_embed_dim=8)],
-                         ids=["unet", "mlp"])
+                                      MLPDenoiser(3, 5, 12, hidden=16, n_layers=2, time_embed_dim=8),
+                                      ResidualMLPDenoiser(3, 5, 12, hidden=16, n_blocks=2, time_embed_dim=8)],
+                         ids=["unet", "mlp", "resmlp"])
 def test_conditioned_denoiser_equals_the_plain_call(denoiser):
     assert isinstance(denoiser, Denoiser)
     torch.manual_seed(1)
@@ -99,8 +100,9 @@ def test_fast_inference_path_gives_the_plain_chunk_for_a_fixed_generator(config,
 
 
 @pytest.mark.parametrize("denoiser", [ConditionalUnet1D(3, 12, (8, 16), time_embed_dim=8),
-                                      MLPDenoiser(3, 5, 12, hidden=16, n_layers=2, time_embed_dim=8)],
-                         ids=["unet", "mlp"])
+                                      MLPDenoiser(3, 5, 12, hidden=16, n_layers=2, time_embed_dim=8),
+                                      ResidualMLPDenoiser(3, 5, 12, hidden=16, n_blocks=2, time_embed_dim=8)],
+                         ids=["unet", "mlp", "resmlp"])
 def test_compile_for_inference_runs_the_compiled_step_only_where_asked(denoiser, monkeypatch):
     """After compile_for_inference a sampler's steps go through the compiled ``step`` (its output is the
     eager one's); training's forward and the plain_inference reference stay eager."""

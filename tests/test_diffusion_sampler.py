@@ -165,7 +165,9 @@ def test_flow_head_predict_with_exact_velocity():
     DiffusionHeadConfig(denoiser="mlp", mlp_hidden=32, sampler="ddpm", num_train_steps=20),
     FlowHeadConfig(down_dims=(12, 24)),
     FlowHeadConfig(denoiser="mlp", mlp_hidden=32),
-], ids=["diffusion-unet", "diffusion-mlp-ddpm", "flow-unet", "flow-mlp"])
+    DiffusionHeadConfig(denoiser="resmlp", mlp_hidden=16, mlp_layers=2),
+    FlowHeadConfig(denoiser="resmlp", mlp_hidden=16, mlp_layers=2),
+], ids=["diffusion-unet", "diffusion-mlp-ddpm", "flow-unet", "flow-mlp", "diffusion-resmlp", "flow-resmlp"])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 def test_head_trains_and_predicts(config, autocast):
     """Every parameter gets a gradient, also under bf16 autocast; odd H exercises the U-Net padding."""
