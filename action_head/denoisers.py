@@ -333,7 +333,7 @@ class ResidualMLPDenoiser(Denoiser):
         time_embed_dim: width of the sinusoidal time embedding.
     """
 
-    def __init__(self, action_dim: int, chunk_size: int, cond_dim: int, hidden: int = 512, n_blocks: int = 3,
+    def __init__(self, action_dim: int, chunk_size: int, cond_dim: int, hidden: int = 256, n_blocks: int = 3,
                  time_embed_dim: int = 128):
         super().__init__()
         self.time_encoder = nn.Sequential(SinusoidalTimeEmbedding(time_embed_dim),
@@ -372,15 +372,15 @@ class ResidualMLPDenoiser(Denoiser):
 
 def build_denoiser(kind: str, action_dim: int, chunk_size: int, cond_dim: int, *,
                    down_dims: tuple[int, ...] = (64, 128, 256), mlp_hidden: int = 512, mlp_layers: int = 3,
-                   time_embed_dim: int = 128) -> Denoiser:
+                   resmlp_width: int = 256, resmlp_blocks: int = 3, time_embed_dim: int = 128) -> Denoiser:
     """A denoiser by name: "unet" (:class:`ConditionalUnet1D`), "mlp" (:class:`MLPDenoiser`) or "resmlp"
-    (:class:`ResidualMLPDenoiser`, ``mlp_layers`` residual blocks of width ``mlp_hidden``)."""
+    (:class:`ResidualMLPDenoiser`)."""
     if kind == "unet":
         return ConditionalUnet1D(action_dim, cond_dim, tuple(down_dims), time_embed_dim)
     if kind == "mlp":
         return MLPDenoiser(action_dim, chunk_size, cond_dim, mlp_hidden, mlp_layers, time_embed_dim)
     if kind == "resmlp":
-        return ResidualMLPDenoiser(action_dim, chunk_size, cond_dim, mlp_hidden, mlp_layers, time_embed_dim)
+        return ResidualMLPDenoiser(action_dim, chunk_size, cond_dim, resmlp_width, resmlp_blocks, time_embed_dim)
     raise ConfigError(f"unknown denoiser '{kind}'; valid: {', '.join(DENOISER_KINDS)}")
 
 
@@ -391,8 +391,10 @@ class DenoiserHeadConfig(HeadConfig):
     denoiser: DenoiserKind = doc_field("unet", "network: unet (1-D conv U-Net, FiLM) | mlp (flat MLP) | "
                                                  "resmlp (residual MLP, FiLM per block; fast at batch 1)")
     down_dims: tuple[int, ...] = doc_field((64, 128, 256), "unet channel widths per level; each but the last halves H")
-    mlp_hidden: int = doc_field(512, "mlp hidden width; resmlp residual-stream width")
-    mlp_layers: int = doc_field(3, "mlp hidden layers; resmlp residual blocks")
+    mlp_hidden: int = doc_field(512, "mlp hidden width")
+    mlp_layers: int = doc_field(3, "mlp hidden layers")
+    resmlp_width: int = doc_field(256, "resmlp residual-stream width (each block widens 4x inside)")
+    resmlp_blocks: int = doc_field(3, "resmlp residual blocks")
     time_embed_dim: int = doc_field(128, "width of the sinusoidal time embedding (even, >= 4)")
 
     def __post_init__(self):
@@ -402,6 +404,8 @@ class DenoiserHeadConfig(HeadConfig):
             raise ConfigError(f"down_dims must be a non-empty list of positive widths, got {self.down_dims}")
         if self.mlp_hidden < 1 or self.mlp_layers < 1:
             raise ConfigError("mlp_hidden and mlp_layers must be at least 1")
+        if self.resmlp_width < 1 or self.resmlp_blocks < 1:
+            raise ConfigError("resmlp_width and resmlp_blocks must be at least 1")
         if self.time_embed_dim < 4 or self.time_embed_dim % 2:
             raise ConfigError(f"time_embed_dim must be even and at least 4, got {self.time_embed_dim}")
 
@@ -422,4 +426,5 @@ def make_denoiser(config: DenoiserHeadConfig, action_dim: int, chunk_size: int, 
     """The denoiser a head's config asks for."""
     return build_denoiser(config.denoiser, action_dim, chunk_size, cond_dim, down_dims=config.down_dims,
                           mlp_hidden=config.mlp_hidden, mlp_layers=config.mlp_layers,
+                          resmlp_width=config.resmlp_width, resmlp_blocks=config.resmlp_blocks,
                           time_embed_dim=config.time_embed_dim)

@@ -7,7 +7,7 @@
    a CPU that emulates bf16).
 2. ``select_action`` latency at batch 1 per head and inference precision, against 80 Hz (Meta-World)
    and 10 Hz (PushT); the diffusion and flow re-plans against their number of denoising steps, with
-   and without the U-Net's fast path, and eager against compiled.
+   and without the U-Net's fast path, per denoiser (U-Net, MLP, residual MLP), and eager against compiled.
 3. Parameters and peak training-step memory per config and head, against the 1 GiB budget.
 4. Throughput and memory against batch size, cameras and chunk size.
 Synthetic inputs of each config's shapes; no data or environment is needed. About 10 minutes on 2 cores.
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from action_head import HEADS
+from action_head.denoisers import DENOISER_KINDS
 from benchmarks import latency, memory, scaling, throughput
 from core.device import cpu_description, native_bf16
 from core.errors import ArgumentParser, run_main
@@ -80,6 +81,9 @@ def main() -> None:
     for precision in inference_precisions:
         section(f"Re-plan p50 / p95 ms against denoising steps ({REACH}, {precision} inference)",
                 latency.steps_table(REACH, args.set, list(latency.DENOISING_HEADS), DENOISING_STEPS, calls, precision))
+    section(f"Re-plan p50 / p95 ms per denoiser against denoising steps ({REACH}, fp32 inference)",
+            latency.steps_table(REACH, args.set, list(latency.DENOISING_HEADS), DENOISING_STEPS, calls, "fp32",
+                                denoisers=DENOISER_KINDS))
     section(f"The U-Net re-plan with and without its fast path ({REACH}, fp32, interleaved in one process)",
             latency.fast_path_table(REACH, args.set, list(latency.DENOISING_HEADS), calls))
     section(f"The re-plan eager and compiled ({REACH}, fp32, compile_for_inference, interleaved in one process)",

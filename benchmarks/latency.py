@@ -2,7 +2,7 @@
 
     python -m benchmarks.latency --config configs/metaworld_reach.yaml [--heads diffusion flow] [--calls 200]
     python -m benchmarks.latency --config configs/metaworld_reach.yaml --precision bf16   # as evaluate.py --precision
-    python -m benchmarks.latency --config configs/metaworld_reach.yaml --denoising-steps 1 2 4 10
+    python -m benchmarks.latency --config configs/metaworld_reach.yaml --denoising-steps 1 2 4 10 [--denoisers unet resmlp]
     python -m benchmarks.latency --config configs/metaworld_reach.yaml --fast-path
     python -m benchmarks.latency --config configs/metaworld_reach.yaml --compile
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from action_head import HEADS
-from action_head.denoisers import plain_inference
+from action_head.denoisers import DENOISER_KINDS, plain_inference
 from core.errors import ArgumentParser, UserError, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
@@ -95,16 +95,19 @@ def latency_table(config_path: str, overrides: list[str], heads: list[str], call
 
 
 def steps_table(config_path: str, overrides: list[str], heads: list[str], steps: list[int], calls: int,
-                precision: str = "fp32") -> str:
-    """Markdown: re-plan p50 / p95 of the denoising heads against their number of denoising steps."""
+                precision: str = "fp32", denoisers: tuple[str, ...] = ()) -> str:
+    """Markdown: re-plan p50 / p95 of the denoising heads against their number of denoising steps; with
+    ``denoisers``, a row per head and denoiser (``action_head.denoiser``, each at its default size)."""
     lines = []
     for head, head_set in head_overrides(config_path, overrides, heads):
-        cells = []
-        for n in steps:
-            config = load_config(config_path, [*head_set, f"action_head.num_inference_steps={n}"])
-            r = measure_head(config, features_for(config.env), calls, precision)
-            cells.append(f"{r['plan_p50']:.1f} / {r['plan_p95']:.1f}")
-        lines.append(f"| {head} | " + " | ".join(cells) + " |")
+        for denoiser in denoisers or (None,):
+            chosen = [f"action_head.denoiser={denoiser}"] if denoiser else []
+            cells = []
+            for n in steps:
+                config = load_config(config_path, [*head_set, *chosen, f"action_head.num_inference_steps={n}"])
+                r = measure_head(config, features_for(config.env), calls, precision)
+                cells.append(f"{r['plan_p50']:.1f} / {r['plan_p95']:.1f}")
+            lines.append(f"| {head}{f', {denoiser}' if denoiser else ''} | " + " | ".join(cells) + " |")
     header = ["| head | " + " | ".join(f"{n} steps" for n in steps) + " |", "|---" * (len(steps) + 1) + "|"]
     return "\n".join(header + lines)
 
@@ -151,8 +154,9 @@ def fast_path_table(config_path: str, overrides: list[str], heads: list[str], ca
 def compile_table(config_path: str, overrides: list[str], heads: list[str], calls: int, rounds: int = 4,
                   precision: str = "fp32") -> str:
     """Markdown: the re-plan of each head eager against ``compile_for_inference()`` (two policies with the
-    same weights, interleaved), the first compiled re-plan's seconds (the compile), and the largest
-    difference between the two chunks for one generator."""
+    same weights, interleaved: the ratio), the compiled policy's re-plan alone (what a robot running it
+    waits: no second policy's weights competing for the caches), the first compiled re-plan's seconds
+    (the compile), and the largest difference between the two chunks for one generator."""
     lines = []
     for head, head_set in head_overrides(config_path, overrides, heads):
         config = load_config(config_path, head_set)
@@ -168,11 +172,16 @@ def compile_table(config_path: str, overrides: list[str], heads: list[str], call
         times = interleaved_replans(
             {name: lambda p=p, b=batch: p.predict_action_chunk(b, steps=p.replan_steps)
              for name, p in (("eager", eager), ("compiled", compiled))}, calls, rounds)
+        alone = interleaved_replans({"compiled": lambda p=compiled, b=batch: p.predict_action_chunk(
+            b, steps=p.replan_steps)}, calls, rounds=1)["compiled"]
         (eager50, eager95), (comp50, comp95) = percentiles_ms(times["eager"]), percentiles_ms(times["compiled"])
+        alone50, alone95 = percentiles_ms(alone)
         lines.append(f"| {head} | {eager50:.1f} / {eager95:.1f} | {comp50:.1f} / {comp95:.1f} | "
-                     f"{eager50 / comp50:.2f}x | {compile_s:.0f} | {(fast - plain).abs().max().item():.1e} |")
-    header = [("| head | eager re-plan p50 / p95 (ms) | compiled p50 / p95 (ms) | p50 speed-up | compile (s) | "
-               "largest action difference |"), "|---|---|---|---|---|---|"]
+                     f"{eager50 / comp50:.2f}x | {alone50:.1f} / {alone95:.1f} | {compile_s:.0f} | "
+                     f"{(fast - plain).abs().max().item():.1e} |")
+    header = [("| head | eager re-plan p50 / p95 (ms) | compiled p50 / p95 (ms) | p50 speed-up | "
+               "compiled alone p50 / p95 (ms) | compile (s) | largest action difference |"),
+              "|---|---|---|---|---|---|---|"]
     return "\n".join(header + lines)
 
 
@@ -187,6 +196,8 @@ def main() -> None:
     parser.add_argument("--denoising-steps", type=int, nargs="+", metavar="N",
                         help="instead: re-plan p50 / p95 of the diffusion and flow heads at each of these "
                              "numbers of denoising steps (evaluate.py --inference-steps)")
+    parser.add_argument("--denoisers", nargs="+", choices=DENOISER_KINDS, default=(),
+                        help="with --denoising-steps: a row per head and denoiser (action_head.denoiser)")
     parser.add_argument("--fast-path", action="store_true",
                         help="instead: the diffusion and flow re-plan with and without the U-Net's fast path")
     parser.add_argument("--compile", action="store_true",
@@ -202,12 +213,15 @@ def main() -> None:
         flag = "--fast-path" if args.fast_path else "--denoising-steps"
         if not heads:
             raise UserError(f"{flag} times the {' and '.join(DENOISING_HEADS)} heads; --heads names neither")
+    if args.denoisers and not args.denoising_steps:
+        raise UserError("--denoisers adds rows to the --denoising-steps table; give --denoising-steps N [N ...] too")
     if args.compile:
         print(compile_table(args.config, args.set, args.heads, args.calls, precision=args.precision))
     elif args.fast_path:
         print(fast_path_table(args.config, args.set, heads, args.calls, precision=args.precision))
     elif args.denoising_steps:
-        print(steps_table(args.config, args.set, heads, args.denoising_steps, args.calls, args.precision))
+        print(steps_table(args.config, args.set, heads, args.denoising_steps, args.calls, args.precision,
+                          tuple(args.denoisers)))
     else:
         print(latency_table(args.config, args.set, args.heads, args.calls, args.precision, args.whole_chunk))
 

@@ -207,10 +207,11 @@ def test_latency_times_the_replan_select_action_runs(tiny_text_model, whole_chun
 def test_denoising_steps_table_times_each_step_count(tiny_text_model, monkeypatch):
     from benchmarks import latency
 
-    timed = []
+    timed, denoisers = [], []
 
     def fake_measure(config, features, calls, precision="fp32", whole_chunk=False):
         timed.append((config.action_head.type, config.action_head.num_inference_steps, precision))
+        denoisers.append(config.action_head.denoiser)
         return {"plan_p50": 1.0, "plan_p95": 2.0}
 
     monkeypatch.setattr(latency, "measure_head", fake_measure)
@@ -219,6 +220,12 @@ def test_denoising_steps_table_times_each_step_count(tiny_text_model, monkeypatc
     assert timed == [("diffusion", 1, "bf16"), ("diffusion", 4, "bf16"), ("flow", 1, "bf16"), ("flow", 4, "bf16")]
     assert table.splitlines()[0] == "| head | 1 steps | 4 steps |"
     assert "| flow | 1.0 / 2.0 | 1.0 / 2.0 |" in table
+
+    timed.clear()
+    table = latency.steps_table(str(CONFIGS[0].parent / "metaworld_reach.yaml"), [f"text.model_name={tiny_text_model}"],
+                                ["flow"], [2], calls=4, denoisers=("unet", "resmlp"))
+    assert timed == [("flow", 2, "fp32"), ("flow", 2, "fp32")] and denoisers[-2:] == ["unet", "resmlp"]
+    assert "| flow, unet | 1.0 / 2.0 |" in table and "| flow, resmlp | 1.0 / 2.0 |" in table
 
 
 def test_goal_visibility_sees_the_marker_larger_than_the_stock_goal():
@@ -301,7 +308,7 @@ def test_benchmarks_skip_bf16_where_the_cpu_emulates_it(monkeypatch, capsys, nat
                         or "profile")
     monkeypatch.setattr(latency, "latency_table", lambda path, sets, heads, calls, precision:
                         asked.append(("select_action", precision)) or "table")
-    monkeypatch.setattr(latency, "steps_table", lambda path, sets, heads, steps, calls, precision:
+    monkeypatch.setattr(latency, "steps_table", lambda path, sets, heads, steps, calls, precision, denoisers=():
                         asked.append(("replan", precision)) or "table")
     monkeypatch.setattr(latency, "fast_path_table", lambda *args: "table")
     monkeypatch.setattr(latency, "compile_table", lambda *args: "table")

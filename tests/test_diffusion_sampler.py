@@ -165,8 +165,8 @@ def test_flow_head_predict_with_exact_velocity():
     DiffusionHeadConfig(denoiser="mlp", mlp_hidden=32, sampler="ddpm", num_train_steps=20),
     FlowHeadConfig(down_dims=(12, 24)),
     FlowHeadConfig(denoiser="mlp", mlp_hidden=32),
-    DiffusionHeadConfig(denoiser="resmlp", mlp_hidden=16, mlp_layers=2),
-    FlowHeadConfig(denoiser="resmlp", mlp_hidden=16, mlp_layers=2),
+    DiffusionHeadConfig(denoiser="resmlp", resmlp_width=16, resmlp_blocks=2),
+    FlowHeadConfig(denoiser="resmlp", resmlp_width=16, resmlp_blocks=2),
 ], ids=["diffusion-unet", "diffusion-mlp-ddpm", "flow-unet", "flow-mlp", "diffusion-resmlp", "flow-resmlp"])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 def test_head_trains_and_predicts(config, autocast):
@@ -195,3 +195,5 @@ def test_config_validation():
         DiffusionHeadConfig(denoiser="transformer")
     with pytest.raises(ConfigError):
         FlowHeadConfig(num_inference_steps=0)
+    with pytest.raises(ConfigError, match="resmlp_width and resmlp_blocks"):
+        FlowHeadConfig(denoiser="resmlp", resmlp_blocks=0)
