@@ -320,3 +320,27 @@ def test_benchmarks_skip_bf16_where_the_cpu_emulates_it(monkeypatch, capsys, nat
     assert precisions == ({"fp32", "bf16"} if native else {"fp32"})
     assert ("profile", "bf16" if native else "fp32") in asked
     assert ("This CPU emulates bf16" in capsys.readouterr().out) is not native
+
+
+def test_denoiser_probe_fits_fixed_contexts_and_measures_held_out_samples(tiny_text_model):
+    """The probe trains a fresh head on frozen contexts: trained, its sampled chunks are far closer to
+    held-out targets than untrained; one table row per denoiser."""
+    from benchmarks import denoiser_probe as dp
+
+    config = load_config(CONFIGS[0].parent / "metaworld_reach.yaml",
+                         [f"text.model_name={tiny_text_model}", "action_head.type=flow", "train.batch_size=32",
+                          "train.warmup_steps=10", "train.lr=3e-3", "policy.d_model=32", "policy.chunk_size=8"])
+    g = torch.Generator().manual_seed(0)
+    n, d, h, a = 160, config.policy.d_model, config.policy.chunk_size, 4
+    query = torch.randn(n, 1, d, generator=g)
+    targets = torch.tanh(query.flatten(1) @ torch.randn(d, h * a, generator=g) / d ** 0.5).reshape(n, h, a)
+    encoded = dp.Encoded(query, torch.randn(n, 3, d, generator=g), torch.zeros(n, 3, dtype=torch.bool),
+                         targets, torch.zeros(n, h, dtype=torch.bool))
+    head_config = config.action_head.__class__(denoiser="resmlp", resmlp_width=64)
+    untrained = dp.probe(encoded, head_config, config, 0, d, 1, executed=4)
+    trained = dp.probe(encoded, head_config, config, 300, d, 1, executed=4)
+    assert trained["sample_mse"] < 0.5 * untrained["sample_mse"]
+    assert trained["held_out_loss"] < untrained["held_out_loss"]
+    assert trained["params"] == untrained["params"] > 0 and trained["step_ms"] > 0
+    table = dp.probe_table(encoded, config, ["mlp", "resmlp"], steps=2)
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["mlp", "resmlp"]
