@@ -116,8 +116,8 @@ def probe(encoded: Encoded, head_config: DenoiserHeadConfig, config: Config, ste
 
 def probe_table(encoded: Encoded, config: Config, denoisers: list[str], steps: int) -> str:
     """Markdown: one row per denoiser, each trained alike on the same contexts."""
-    lines = ["| denoiser | parameters | step at batch 1, eager (ms) | held-out loss | sampled chunk MSE | "
-             f"first {config.policy.n_action_steps} actions MSE |", "|---|---|---|---|---|---|"]
+    lines = [("| denoiser | parameters | step at batch 1, eager (ms) | held-out loss | sampled chunk MSE | "
+              f"first {config.policy.n_action_steps} actions MSE |"), "|---|---|---|---|---|---|"]
     for kind in denoisers:
         head_config = dataclasses.replace(config.action_head, denoiser=kind)
         row = probe(encoded, head_config, config, steps, config.policy.d_model, config.fusion.n_queries,
