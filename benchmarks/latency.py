@@ -154,9 +154,8 @@ def fast_path_table(config_path: str, overrides: list[str], heads: list[str], ca
 def compile_table(config_path: str, overrides: list[str], heads: list[str], calls: int, rounds: int = 4,
                   precision: str = "fp32") -> str:
     """Markdown: the re-plan of each head eager against ``compile_for_inference()`` (two policies with the
-    same weights, interleaved: the ratio), the compiled policy's re-plan alone (what a robot running it
-    waits: no second policy's weights competing for the caches), the first compiled re-plan's seconds
-    (the compile), and the largest difference between the two chunks for one generator."""
+    same weights, interleaved), the first compiled re-plan's seconds (the compile), and the largest
+    difference between the two chunks for one generator."""
     lines = []
     for head, head_set in head_overrides(config_path, overrides, heads):
         config = load_config(config_path, head_set)
@@ -172,16 +171,11 @@ def compile_table(config_path: str, overrides: list[str], heads: list[str], call
         times = interleaved_replans(
             {name: lambda p=p, b=batch: p.predict_action_chunk(b, steps=p.replan_steps)
              for name, p in (("eager", eager), ("compiled", compiled))}, calls, rounds)
-        alone = interleaved_replans({"compiled": lambda p=compiled, b=batch: p.predict_action_chunk(
-            b, steps=p.replan_steps)}, calls, rounds=1)["compiled"]
         (eager50, eager95), (comp50, comp95) = percentiles_ms(times["eager"]), percentiles_ms(times["compiled"])
-        alone50, alone95 = percentiles_ms(alone)
         lines.append(f"| {head} | {eager50:.1f} / {eager95:.1f} | {comp50:.1f} / {comp95:.1f} | "
-                     f"{eager50 / comp50:.2f}x | {alone50:.1f} / {alone95:.1f} | {compile_s:.0f} | "
-                     f"{(fast - plain).abs().max().item():.1e} |")
-    header = [("| head | eager re-plan p50 / p95 (ms) | compiled p50 / p95 (ms) | p50 speed-up | "
-               "compiled alone p50 / p95 (ms) | compile (s) | largest action difference |"),
-              "|---|---|---|---|---|---|---|"]
+                     f"{eager50 / comp50:.2f}x | {compile_s:.0f} | {(fast - plain).abs().max().item():.1e} |")
+    header = [("| head | eager re-plan p50 / p95 (ms) | compiled p50 / p95 (ms) | p50 speed-up | compile (s) | "
+               "largest action difference |"), "|---|---|---|---|---|---|"]
     return "\n".join(header + lines)
 
 
