@@ -315,14 +315,16 @@ class MLPDenoiser(Denoiser):
 
 
 class ResidualMLPDenoiser(Denoiser):
-    """A residual MLP on the flattened chunk, FiLM-conditioned in every block; the fast denoiser.
+    """A residual MLP on the flattened chunk, FiLM-conditioned in every block.
 
     The flat :class:`MLPDenoiser` sees the condition once, at its input; here every block is
     modulated by it, as in the U-Net, and the blocks are pre-norm residual (LayerNorm, Linear to
     4x the width, Mish, Linear back), the network IDQL (Hansen-Estruch et al. 2023) uses for
     diffusion policies. At batch 1 a step is a dozen matrix-vector products instead of the U-Net's
-    ~50 small convolutions and matmuls. All that depends on the condition alone (its share of the
-    input projection and every block's FiLM) is computed once per chunk in ``prepare``.
+    ~50 small convolutions and matmuls (15x cheaper), but on Meta-World reach it fit the demonstrations
+    less well and succeeded less often than the U-Net (README, "Which denoiser"). All that depends on
+    the condition alone (its share of the input projection and every block's FiLM) is computed once
+    per chunk in ``prepare``.
 
     Args:
         action_dim: A.
@@ -389,7 +391,7 @@ class DenoiserHeadConfig(HeadConfig):
     """Network options shared by the heads that iterate a denoiser (diffusion, flow)."""
 
     denoiser: DenoiserKind = doc_field("unet", "network: unet (1-D conv U-Net, FiLM) | mlp (flat MLP) | "
-                                                 "resmlp (residual MLP, FiLM per block; fast at batch 1)")
+                                                 "resmlp (residual MLP, FiLM per block: fast, fits less)")
     down_dims: tuple[int, ...] = doc_field((64, 128, 256), "unet channel widths per level; each but the last halves H")
     mlp_hidden: int = doc_field(512, "mlp hidden width")
     mlp_layers: int = doc_field(3, "mlp hidden layers")
