@@ -15,7 +15,6 @@ read the table as a ranking of what each network can fit, not as closed-loop suc
 
 import argparse
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from action_head import build_head
 from action_head.denoisers import DENOISER_KINDS, DenoiserHeadConfig
+from benchmarks.latency import interleaved_replans, percentiles_ms
 from core.errors import ArgumentParser, UserError, positive_int, run_main
 from core.keys import ACTION, ACTION_IS_PAD
 from experiment.config import Config
@@ -70,14 +70,9 @@ def step_ms(head, d_model: int, calls: int = 100) -> float:
     """Median eager milliseconds of one denoising step at batch 1 (the condition's share computed once)."""
     denoise = head.denoiser.conditioned(torch.randn(1, head.n_queries * d_model))
     x, t = torch.randn(1, head.chunk_size, head.action_dim), torch.full((1,), 50.0)
-    times = []
     with torch.no_grad():
-        for i in range(calls + 10):
-            start = time.perf_counter()
-            denoise(x, t)
-            if i >= 10:
-                times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
+        times = interleaved_replans({"step": lambda: denoise(x, t)}, calls, rounds=1)["step"]
+    return percentiles_ms(times)[0]
 
 
 def probe(encoded: Encoded, head_config: DenoiserHeadConfig, config: Config, steps: int, d_model: int,
