@@ -14,6 +14,17 @@ from action_head.base import build_head
 from fusion.context import Context
 
 
+def small_denoisers() -> list[Denoiser]:
+    """One small network per kind, with seeded weights: built at collection, they would otherwise take
+    whatever state the global generator is left in by the modules collected before (the fast and plain
+    U-Net paths agree to float rounding, which some weights amplify past 1e-6 through GroupNorm)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return [ConditionalUnet1D(3, 12, (8, 16), time_embed_dim=8),
+                MLPDenoiser(3, 5, 12, hidden=16, n_layers=2, time_embed_dim=8),
+                ResidualMLPDenoiser(3, 5, 12, hidden=16, n_blocks=2, time_embed_dim=8)]
+
+
 @pytest.mark.parametrize("kernel, stride, padding", [(5, 1, 2), (3, 2, 1), (1, 1, 0)])
 @pytest.mark.parametrize("batch", [1, 3, Conv1d.MATMUL_MAX_BATCH])
 @pytest.mark.parametrize("length", [4, 9, 16])
@@ -58,10 +69,7 @@ def test_unet_checkpoint_keys_are_unchanged():
     assert "down.0.0.conv1.block.0.weight" in keys and "final.1.weight" in keys
 
 
-@pytest.mark.parametrize("denoiser", [ConditionalUnet1D(3, 12, (8, 16), time_embed_dim=8),
-                                      MLPDenoiser(3, 5, 12, hidden=16, n_layers=2, time_embed_dim=8),
-                                      ResidualMLPDenoiser(3, 5, 12, hidden=16, n_blocks=2, time_embed_dim=8)],
-                         ids=["unet", "mlp", "resmlp"])
+@pytest.mark.parametrize("denoiser", small_denoisers(), ids=["unet", "mlp", "resmlp"])
 def test_conditioned_denoiser_equals_the_plain_call(denoiser):
     assert isinstance(denoiser, Denoiser)
     torch.manual_seed(1)
@@ -99,10 +107,7 @@ def test_fast_inference_path_gives_the_plain_chunk_for_a_fixed_generator(config,
     assert not torch.equal(fast, head.predict(context, torch.Generator().manual_seed(6)))
 
 
-@pytest.mark.parametrize("denoiser", [ConditionalUnet1D(3, 12, (8, 16), time_embed_dim=8),
-                                      MLPDenoiser(3, 5, 12, hidden=16, n_layers=2, time_embed_dim=8),
-                                      ResidualMLPDenoiser(3, 5, 12, hidden=16, n_blocks=2, time_embed_dim=8)],
-                         ids=["unet", "mlp", "resmlp"])
+@pytest.mark.parametrize("denoiser", small_denoisers(), ids=["unet", "mlp", "resmlp"])
 def test_compile_for_inference_runs_the_compiled_step_only_where_asked(denoiser, monkeypatch):
     """After compile_for_inference a sampler's steps go through the compiled ``step`` (its output is the
     eager one's); training's forward and the plain_inference reference stay eager."""
