@@ -20,13 +20,12 @@ MODE_STD = 0.05
 N_SAMPLES = 2000
 
 
-def mixture_eps(schedule: NoiseSchedule):
-    """The exact epsilon for x0 ~ 0.5 N(-0.5, 0.05^2) + 0.5 N(0.5, 0.05^2).
+def mixture_x0(schedule: NoiseSchedule):
+    """The exact E[x0 | x_t] for x0 ~ 0.5 N(-0.5, 0.05^2) + 0.5 N(0.5, 0.05^2).
 
     Given component k, x_t ~ N(sqrt(abar) mu_k, abar s^2 + 1 - abar); the components' posterior
     weights follow by Bayes (equal priors and variances, so only the squared distance matters);
-    E[x0 | x_t, k] = mu_k + sqrt(abar) s^2 / var (x_t - sqrt(abar) mu_k);
-    eps = (x_t - sqrt(abar) E[x0 | x_t]) / sqrt(1 - abar).
+    E[x0 | x_t, k] = mu_k + sqrt(abar) s^2 / var (x_t - sqrt(abar) mu_k).
     """
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -35,9 +34,18 @@ def mixture_eps(schedule: NoiseSchedule):
         offset = x[..., None] - abar.sqrt() * MODES  # (B, H, A, 2)
         weights = torch.softmax(-0.5 * offset**2 / var, dim=-1)
         x0_given_k = MODES + abar.sqrt() * MODE_STD**2 / var * offset
-        x0 = (weights * x0_given_k).sum(-1)
-        abar = abar[..., 0]
-        return (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+        return (weights * x0_given_k).sum(-1)
+
+    return denoise
+
+
+def mixture_eps(schedule: NoiseSchedule):
+    """The exact epsilon of the same mixture: eps = (x_t - sqrt(abar) E[x0 | x_t]) / sqrt(1 - abar)."""
+    x0_fn = mixture_x0(schedule)
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        abar = schedule.alphas_cumprod[t.long()].reshape(-1, 1, 1)
+        return (x - abar.sqrt() * x0_fn(x, t)) / (1 - abar).sqrt()
 
     return denoise
 
@@ -51,9 +59,11 @@ def looks_like_mixture(samples: torch.Tensor, min_near: float = 0.9) -> bool:
     return 0.4 <= upper <= 0.6 and near >= min_near
 
 
-def draw(schedule: NoiseSchedule, method: str, seed: int = 0) -> torch.Tensor:
-    return schedule.sample(mixture_eps(schedule), (N_SAMPLES, 1, 1), torch.Generator().manual_seed(seed),
-                           num_steps=10, method=method)
+def draw(schedule: NoiseSchedule, method: str, seed: int = 0, num_steps: int = 10) -> torch.Tensor:
+    """Samples with the exact denoiser of what ``schedule`` predicts (noise or clean sample)."""
+    exact = mixture_eps(schedule) if schedule.prediction_type == "epsilon" else mixture_x0(schedule)
+    return schedule.sample(exact, (N_SAMPLES, 1, 1), torch.Generator().manual_seed(seed),
+                           num_steps=num_steps, method=method)
 
 
 def test_cosine_schedule_reaches_noise():
@@ -76,25 +86,51 @@ def test_ddim_trailing_timesteps():
 # Measured: ddpm puts ~100% of samples within 0.15 of a mode; 10-step ddim ~95.5% (seeds 0-5:
 # 95.1-96.1%), its discretization error leaves a few trajectories between the modes. A broken
 # sampler scores ~0%, so 0.9 keeps a margin without losing the power to fail.
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
 @pytest.mark.parametrize("method, min_near", [("ddim", 0.9), ("ddpm", 0.97)])
-def test_sampler_recovers_both_modes(method, min_near):
-    samples = draw(NoiseSchedule(100), method)
+def test_sampler_recovers_both_modes(method, min_near, prediction_type):
+    samples = draw(NoiseSchedule(100, prediction_type=prediction_type), method)
     assert samples.shape == (N_SAMPLES, 1, 1)
     assert looks_like_mixture(samples, min_near)
+
+
+@pytest.mark.parametrize("method, num_steps", [("ddim", 1), ("ddim", 2), ("ddim", 10), ("ddpm", 100)])
+def test_noise_and_sample_prediction_draw_the_same_samples(method, num_steps):
+    """The exact noise and the exact clean sample are one denoiser written two ways: from the same
+    generator both samplers must land on the same samples, at any number of steps. Up to float32
+    rounding, which the noise path divides by sqrt(alpha-bar) = 5e-4 at t = 99 (measured: 4.6e-4 at
+    1 step, 2.5e-5 at 2, 3.6e-6 at 10; a wrong conversion is off by tenths)."""
+    by_noise = draw(NoiseSchedule(100, prediction_type="epsilon"), method, num_steps=num_steps)
+    by_sample = draw(NoiseSchedule(100, prediction_type="sample"), method, num_steps=num_steps)
+    assert torch.allclose(by_noise, by_sample, atol=1e-3 if num_steps == 1 else 1e-4)
 
 
 def test_check_fails_for_a_broken_sampler(monkeypatch):
     """The mixture check must catch a plausible bug: a DDIM step whose x0 estimate drops x_t."""
 
-    def broken_step(self, x, eps, t, t_prev):
-        abar, abar_prev = self._abar(t), self._abar(t_prev)
-        x0 = (-(1 - abar).sqrt() * eps / abar.sqrt()).clamp(-1, 1)  # should be (x - sqrt(1-abar) eps) / ...
-        return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
+    def broken_x0(self, x, prediction, t):
+        abar = self._abar(t)
+        return (-(1 - abar).sqrt() * prediction / abar.sqrt()).clamp(-1, 1)  # should be (x - sqrt(1-abar) eps) / ...
 
     schedule = NoiseSchedule(100)
     assert looks_like_mixture(draw(schedule, "ddim"))
-    monkeypatch.setattr(NoiseSchedule, "_ddim_step", broken_step)
+    monkeypatch.setattr(NoiseSchedule, "_predict_x0", broken_x0)
     assert not looks_like_mixture(draw(schedule, "ddim"))
+
+
+def test_one_ddim_step_from_sample_prediction_is_the_denoisers_estimate():
+    """At 1 DDIM step the chunk is the network's clean-sample output at t = T-1, clipped: nothing of
+    the noise survives (with epsilon, the estimate would be divided by sqrt(alpha-bar) = 5e-4)."""
+    schedule = NoiseSchedule(100, prediction_type="sample")
+    calls = []
+
+    def constant(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(t)
+        return torch.full_like(x, 0.25)
+
+    out = schedule.sample(constant, (8, 4, 2), torch.Generator().manual_seed(0), num_steps=1)
+    assert len(calls) == 1 and torch.equal(calls[0], torch.full((8,), 99.0))
+    assert torch.allclose(out, torch.full_like(out, 0.25), atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["ddim", "ddpm"])
@@ -130,6 +166,26 @@ def test_diffusion_head_predict_with_exact_denoiser():
     assert looks_like_mixture(actions)
 
 
+class Zero(Denoiser):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+def test_diffusion_loss_regresses_what_the_head_predicts(prediction_type):
+    """A denoiser that outputs 0 scores the mean square of its target: the unit noise for "epsilon",
+    the actions (0.5 everywhere, so 0.25) for "sample"."""
+    torch.manual_seed(0)
+    head = build_head(DiffusionHeadConfig(denoiser="mlp", mlp_hidden=8, mlp_layers=1, prediction_type=prediction_type),
+                      8, 2, chunk_size=16, action_dim=4)
+    head.denoiser = Zero()
+    loss, _ = head.loss(tiny_context(256), torch.full((256, 16, 4), 0.5), torch.zeros(256, 16, dtype=torch.bool))
+    if prediction_type == "sample":
+        assert loss.item() == pytest.approx(0.25, abs=1e-6)
+    else:
+        assert loss.item() == pytest.approx(1.0, abs=0.02)
+
+
 class ExactPointVelocity(Denoiser):
     """The optimal velocity on the linear path when every target is the point c: (c - x_t) / (1 - t)."""
 
@@ -163,11 +219,13 @@ def test_flow_head_predict_with_exact_velocity():
 @pytest.mark.parametrize("config", [
     DiffusionHeadConfig(down_dims=(12, 24)),
     DiffusionHeadConfig(denoiser="mlp", mlp_hidden=32, sampler="ddpm", num_train_steps=20),
+    DiffusionHeadConfig(down_dims=(12, 24), prediction_type="sample", num_inference_steps=2),
     FlowHeadConfig(down_dims=(12, 24)),
     FlowHeadConfig(denoiser="mlp", mlp_hidden=32),
     DiffusionHeadConfig(denoiser="resmlp", resmlp_width=16, resmlp_blocks=2),
     FlowHeadConfig(denoiser="resmlp", resmlp_width=16, resmlp_blocks=2),
-], ids=["diffusion-unet", "diffusion-mlp-ddpm", "flow-unet", "flow-mlp", "diffusion-resmlp", "flow-resmlp"])
+], ids=["diffusion-unet", "diffusion-mlp-ddpm", "diffusion-unet-sample", "flow-unet", "flow-mlp",
+        "diffusion-resmlp", "flow-resmlp"])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 def test_head_trains_and_predicts(config, autocast):
     """Every parameter gets a gradient, also under bf16 autocast; odd H exercises the U-Net padding."""
@@ -193,6 +251,8 @@ def test_config_validation():
         DiffusionHeadConfig(num_train_steps=100, num_inference_steps=101)
     with pytest.raises(ConfigError, match="unet, mlp"):
         DiffusionHeadConfig(denoiser="transformer")
+    with pytest.raises(ConfigError, match="prediction_type 'x0' is not one of epsilon, sample"):
+        DiffusionHeadConfig(prediction_type="x0")
     with pytest.raises(ConfigError):
         FlowHeadConfig(num_inference_steps=0)
     with pytest.raises(ConfigError, match="resmlp_width and resmlp_blocks"):
