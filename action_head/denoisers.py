@@ -1,6 +1,6 @@
 """Networks that map a noisy (B, H, A) action chunk, a time per sample and a condition to a
-noise (diffusion) or velocity (flow) of the same shape, plus the config fields and the builder
-that the diffusion and flow heads share.
+noise or a clean chunk (diffusion) or a velocity (flow) of the same shape, plus the config fields
+and the builder that the diffusion and flow heads share.
 
 Every denoiser has the signature ``forward(x, t, cond) -> (B, H, A)`` where ``x`` is (B, H, A),
 ``t`` is a float (B,) time (a diffusion step index 0..T-1, or flow time scaled to a similar
