@@ -40,14 +40,26 @@ def training_minutes(run_dir: Path) -> dict[int, float]:
     return {step: value for step, _, value in learning_curve(run_dir, "train/minutes")}
 
 
-def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> None:
-    """Validation score (PushT) or success against samples seen and minutes; final evaluations marked."""
+def held_out_label(final: dict) -> str:
+    """How a final evaluation names its episodes in a legend: its first seed ("eval seeds 2,000,000..")."""
+    seeds = [e["seed"] for task in final.get("tasks", {}).values() for e in task.get("episodes_detail", [])]
+    return f"eval seeds {min(seeds):,}.." if seeds else "held-out evaluation"
+
+
+def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None):
+    """Validation score (PushT) or success against samples seen and minutes; final evaluations marked.
+    A row per metric some run logged: Meta-World runs log success only, PushT runs score and success."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharey="row")
+    rows = [(tag, name) for tag, name in (("val/score", "score (avg max coverage)"),
+                                          ("val/success_rate", "success rate"))
+            if any(learning_curve(run, tag) for run in runs)]
+    if not rows:
+        raise MissingResourceError("no run has a validation curve (val/score or val/success_rate) to plot")
+    fig, axes = plt.subplots(len(rows), 2, figsize=(12, 4 * len(rows) + 0.5), sharey="row", squeeze=False)
     pusht = False
     for i, run in enumerate(runs):
         config = yaml.safe_load((run / "config.yaml").read_text())
@@ -55,7 +67,6 @@ def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> N
         pusht = pusht or config["env"]["name"] == PushT.name  # its anchors go on the axes
         minutes = training_minutes(run)
         label = labels[i] if labels else run.name
-        rows = [("val/score", "score (avg max coverage)"), ("val/success_rate", "success rate")]
         final = json.loads((run / "eval_results.json").read_text()) if (run / "eval_results.json").is_file() else None
         for row, (tag, name) in enumerate(rows):
             curve = learning_curve(run, tag)
@@ -73,14 +84,15 @@ def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> N
                 at = training.get("checkpoint_step", training.get("steps", steps[-1]))
                 if value is not None:
                     axes[row, 0].plot([at * batch], [value], marker="*", markersize=14, linestyle="none",
-                                      color=line.get_color(), label=f"{label} (eval seeds 1000.., that checkpoint)")
+                                      color=line.get_color(), label=f"{label} ({held_out_label(final)}, that checkpoint)")
                     at_minutes = minutes.get(at, training.get("seconds", 0) / 60)
                     axes[row, 1].plot([at_minutes], [value], marker="*", markersize=14, linestyle="none",
                                       color=line.get_color())
             axes[row, 0].set_ylabel(name)
     if pusht:
         for label, samples, success, score, color in PUSHT_ANCHORS:
-            for row, value in ((0, score), (1, success)):
+            for row, (tag, _) in enumerate(rows):
+                value = score if tag == "val/score" else success
                 if value is not None:
                     axes[row, 0].plot([samples], [value], marker="D", linestyle="none", color=color,
                                       label=f"{label}, images")
@@ -97,6 +109,7 @@ def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> N
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
+    return fig  # the matplotlib Figure, for a notebook or a test
 
 
 def main() -> None:

@@ -112,8 +112,36 @@ def test_learning_curve_reads_samples_and_training_minutes(tmp_path):
                                                                          (200, pytest.approx(0.6)),
                                                                          (300, pytest.approx(0.8))]
     assert training_minutes(run) == {100: pytest.approx(1.5), 200: pytest.approx(3.0), 300: pytest.approx(4.5)}
-    plot_runs([run], tmp_path / "curve.png")
+    fig = plot_runs([run], tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+    assert len(fig.axes) == 4  # PushT: score and success, against samples and minutes
+
+
+def test_learning_curve_plot_of_a_success_only_run_has_no_empty_row(tmp_path):
+    """A Meta-World run logs success only: one row of axes, and its star names the seeds it was evaluated on."""
+    import json
+
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+
+    from evaluation.learning_curve import plot_runs
+
+    run = tmp_path / "reach"
+    (run / "tb").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "metaworld"}, "train": {"batch_size": 64}}))
+    writer = SummaryWriter(run / "tb")
+    for step, success in [(1000, 0.8), (2000, 0.9)]:
+        writer.add_scalar("val/success_rate", success, step)
+    writer.close()
+    episodes = [{"seed": 2_000_000 + i, "success": True, "steps": 40} for i in range(3)]
+    (run / "eval_results.json").write_text(json.dumps({
+        "tasks": {"reach-v3": {"episodes_detail": episodes}}, "overall": {"success_rate": 1.0},
+        "training": {"steps": 2000, "seconds": 600, "checkpoint_step": 2000}}))
+    fig = plot_runs([run], tmp_path / "curve.png")
+    assert len(fig.axes) == 2
+    assert all(ax.lines for ax in fig.axes)  # no empty axes
+    labels = [text.get_text() for legend in fig.legends for text in legend.get_texts()]
+    assert "reach (eval seeds 2,000,000.., that checkpoint)" in labels
 
 
 def test_gpu_check_runs_on_the_cpu_as_a_smoke_run(tiny_text_model):
@@ -344,3 +372,17 @@ def test_denoiser_probe_fits_fixed_contexts_and_measures_held_out_samples(tiny_t
     assert trained["params"] == untrained["params"] > 0 and trained["step_ms"] > 0
     table = dp.probe_table(encoded, config, ["mlp", "resmlp"], steps=2)
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["mlp", "resmlp"]
+
+
+def test_learning_curve_plot_without_a_validation_curve_is_refused(tmp_path):
+    import yaml
+
+    from core.errors import MissingResourceError
+    from evaluation.learning_curve import plot_runs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "metaworld"}, "train": {"batch_size": 64}}))
+    with pytest.raises(MissingResourceError, match="no run has a validation curve"):
+        plot_runs([run], tmp_path / "curve.png")
+    assert not (tmp_path / "curve.png").exists()
