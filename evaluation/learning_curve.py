@@ -11,12 +11,16 @@ run's config.yaml) and against training minutes, its final held-out evaluation
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from core.errors import ArgumentParser, MissingResourceError, run_main
 from envs.pusht import PushT
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is asked for
+    from matplotlib.figure import Figure
 
 # (label, samples seen, success rate, score) published for PushT from images; see BENCHMARKS.md.
 PUSHT_ANCHORS = [("LeRobot diffusion (GPU)", 12.8e6, 0.654, 0.955, "black"),
@@ -46,7 +50,7 @@ def held_out_label(final: dict) -> str:
     return f"eval seeds {min(seeds):,}.." if seeds else "held-out evaluation"
 
 
-def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None):
+def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> "Figure":
     """Validation score (PushT) or success against samples seen and minutes; final evaluations marked.
     A row per metric some run logged: Meta-World runs log success only, PushT runs score and success."""
     import matplotlib
@@ -109,7 +113,7 @@ def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None):
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
-    return fig  # the matplotlib Figure, for a notebook or a test
+    return fig  # for a notebook or a test
 
 
 def main() -> None:
