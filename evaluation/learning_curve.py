@@ -58,9 +58,9 @@ def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(tag, name) for tag, name in (("val/score", "score (avg max coverage)"),
-                                          ("val/success_rate", "success rate"))
-            if any(learning_curve(run, tag) for run in runs)]
+    metrics = (("val/score", "score (avg max coverage)"), ("val/success_rate", "success rate"))
+    curves = [{tag: learning_curve(run, tag) for tag, _ in metrics} for run in runs]  # each log read once here
+    rows = [(tag, name) for tag, name in metrics if any(run_curves[tag] for run_curves in curves)]
     if not rows:
         raise MissingResourceError("no run has a validation curve (val/score or val/success_rate) to plot")
     fig, axes = plt.subplots(len(rows), 2, figsize=(12, 4 * len(rows) + 0.5), sharey="row", squeeze=False)
@@ -73,7 +73,7 @@ def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> "
         label = labels[i] if labels else run.name
         final = json.loads((run / "eval_results.json").read_text()) if (run / "eval_results.json").is_file() else None
         for row, (tag, name) in enumerate(rows):
-            curve = learning_curve(run, tag)
+            curve = curves[i][tag]
             if not curve:
                 continue
             steps = [s for s, _, _ in curve]

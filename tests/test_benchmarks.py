@@ -89,25 +89,38 @@ def test_matmul_peak_is_a_plausible_rate():
     assert 1e8 < peak < 1e13  # 0.1 GFLOP/s .. 10 TFLOP/s on any CPU this runs on
 
 
-def test_learning_curve_reads_samples_and_training_minutes(tmp_path):
+def _run_folder(path: Path, env: str, scalars: dict[str, list[tuple[int, float]]], final: dict | None = None
+                ) -> Path:
+    """A run folder as train.py leaves it, for the learning-curve tests: config.yaml, a TensorBoard log of
+    ``scalars`` (tag -> [(step, value)]) and, if given, eval_results.json."""
     import json
 
     import yaml
     from torch.utils.tensorboard import SummaryWriter
 
+    (path / "tb").mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"env": {"name": env}, "train": {"batch_size": 64}}))
+    if scalars:
+        writer = SummaryWriter(path / "tb")
+        for tag, points in scalars.items():
+            for step, value in points:
+                writer.add_scalar(tag, value, step)
+        writer.close()
+    if final is not None:
+        (path / "eval_results.json").write_text(json.dumps(final))
+    return path
+
+
+def test_learning_curve_reads_samples_and_training_minutes(tmp_path):
     from evaluation.learning_curve import learning_curve, plot_runs, training_minutes
 
-    run = tmp_path / "run"
-    (run / "tb").mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "pusht"}, "train": {"batch_size": 64}}))
-    writer = SummaryWriter(run / "tb")
-    for step, score, minutes in [(100, 0.3, 1.5), (200, 0.6, 3.0), (300, 0.8, 4.5)]:
-        writer.add_scalar("val/score", score, step)
-        writer.add_scalar("val/success_rate", score / 4, step)
-        writer.add_scalar("train/minutes", minutes, step)
-    writer.close()
-    (run / "eval_results.json").write_text(json.dumps({"overall": {"mean_max_reward": 0.82, "success_rate": 0.2},
-                                                       "training": {"steps": 300, "seconds": 280, "checkpoint_step": 200}}))
+    points = [(100, 0.3, 1.5), (200, 0.6, 3.0), (300, 0.8, 4.5)]
+    run = _run_folder(tmp_path / "run", "pusht",
+                      {"val/score": [(step, score) for step, score, _ in points],
+                       "val/success_rate": [(step, score / 4) for step, score, _ in points],
+                       "train/minutes": [(step, minutes) for step, _, minutes in points]},
+                      {"overall": {"mean_max_reward": 0.82, "success_rate": 0.2},
+                       "training": {"steps": 300, "seconds": 280, "checkpoint_step": 200}})
     assert [(s, v) for s, _, v in learning_curve(run, "val/score")] == [(100, pytest.approx(0.3)),
                                                                          (200, pytest.approx(0.6)),
                                                                          (300, pytest.approx(0.8))]
@@ -119,29 +132,27 @@ def test_learning_curve_reads_samples_and_training_minutes(tmp_path):
 
 def test_learning_curve_plot_of_a_success_only_run_has_no_empty_row(tmp_path):
     """A Meta-World run logs success only: one row of axes, and its star names the seeds it was evaluated on."""
-    import json
-
-    import yaml
-    from torch.utils.tensorboard import SummaryWriter
-
     from evaluation.learning_curve import plot_runs
 
-    run = tmp_path / "reach"
-    (run / "tb").mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "metaworld"}, "train": {"batch_size": 64}}))
-    writer = SummaryWriter(run / "tb")
-    for step, success in [(1000, 0.8), (2000, 0.9)]:
-        writer.add_scalar("val/success_rate", success, step)
-    writer.close()
     episodes = [{"seed": 2_000_000 + i, "success": True, "steps": 40} for i in range(3)]
-    (run / "eval_results.json").write_text(json.dumps({
-        "tasks": {"reach-v3": {"episodes_detail": episodes}}, "overall": {"success_rate": 1.0},
-        "training": {"steps": 2000, "seconds": 600, "checkpoint_step": 2000}}))
+    run = _run_folder(tmp_path / "reach", "metaworld", {"val/success_rate": [(1000, 0.8), (2000, 0.9)]},
+                      {"tasks": {"reach-v3": {"episodes_detail": episodes}}, "overall": {"success_rate": 1.0},
+                       "training": {"steps": 2000, "seconds": 600, "checkpoint_step": 2000}})
     fig = plot_runs([run], tmp_path / "curve.png")
     assert len(fig.axes) == 2
     assert all(ax.lines for ax in fig.axes)  # no empty axes
     labels = [text.get_text() for legend in fig.legends for text in legend.get_texts()]
     assert "reach (eval seeds 2,000,000.., that checkpoint)" in labels
+
+
+def test_learning_curve_plot_without_a_validation_curve_is_refused(tmp_path):
+    from core.errors import MissingResourceError
+    from evaluation.learning_curve import plot_runs
+
+    run = _run_folder(tmp_path / "run", "metaworld", {})
+    with pytest.raises(MissingResourceError, match="no run has a validation curve"):
+        plot_runs([run], tmp_path / "curve.png")
+    assert not (tmp_path / "curve.png").exists()
 
 
 def test_gpu_check_runs_on_the_cpu_as_a_smoke_run(tiny_text_model):
@@ -373,16 +384,3 @@ def test_denoiser_probe_fits_fixed_contexts_and_measures_held_out_samples(tiny_t
     table = dp.probe_table(encoded, config, ["mlp", "resmlp"], steps=2)
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["mlp", "resmlp"]
 
-
-def test_learning_curve_plot_without_a_validation_curve_is_refused(tmp_path):
-    import yaml
-
-    from core.errors import MissingResourceError
-    from evaluation.learning_curve import plot_runs
-
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"env": {"name": "metaworld"}, "train": {"batch_size": 64}}))
-    with pytest.raises(MissingResourceError, match="no run has a validation curve"):
-        plot_runs([run], tmp_path / "curve.png")
-    assert not (tmp_path / "curve.png").exists()
