@@ -33,11 +33,13 @@ def main() -> None:
 
     cells = expand(parse_grid(args.grid))
     validate_cells(args.config, args.set, cells)
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder; name a new or existing results folder")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         check_same_grid(args.out, {"config": args.config, "grid": args.grid, "set": args.set})
     results, failed = {}, []
-    for cell in tqdm(cells, desc="ablation cells", dynamic_ncols=True):
+    for cell in tqdm(cells, desc="ablation cells", dynamic_ncols=True, disable=args.report_only):
         try:
             results[cell] = run_cell(cell, args.config, args.set, args.out, train=not args.report_only)
         except FileNotFoundError:  # --report-only: not finished yet

@@ -83,6 +83,9 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
     if not run_dir.is_dir():
         raise MissingResourceError(f"--resume {run_dir}: no such run directory")
     latest = run_dir / "checkpoints" / "latest"
+    if not latest.is_dir():
+        raise MissingResourceError(f"--resume {run_dir}: no checkpoints/latest in it; pass the run folder train.py "
+                                   "wrote (runs/NAME), or start a new run with --config")
     config = checkpoint_config(latest)
     if not overrides:
         return config
@@ -279,6 +282,8 @@ def main() -> None:
     else:
         config = load_config(args.config, args.set)
         run_dir = args.run_dir or Path("runs") / f"{Path(args.config).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--run-dir {run_dir} is a file, not a folder; name a new or existing run folder")
     info, device = init_distributed(resolve_device(config.device))
     try:
         train(args, config, broadcast_object(run_dir, info), device, info)

@@ -27,7 +27,7 @@ import torch
 
 from action_head import HEADS
 from action_head.denoisers import DENOISER_KINDS, plain_inference
-from core.errors import ArgumentParser, UserError, run_main
+from core.errors import ArgumentParser, UserError, positive_int, run_main
 from core.keys import OBS_IMAGE, OBS_STATE, TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
 from envs import benchmark, features_for
@@ -182,12 +182,12 @@ def compile_table(config_path: str, overrides: list[str], heads: list[str], call
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_config_arguments()
-    parser.add_argument("--heads", nargs="*", default=HEADS.names())
-    parser.add_argument("--calls", type=int, default=200, help="select_action calls per head")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--heads", nargs="+", default=HEADS.names())
+    parser.add_argument("--calls", type=positive_int, default=200, help="select_action calls per head")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS,
                         help="inference precision, as evaluate.py --precision")
-    parser.add_argument("--denoising-steps", type=int, nargs="+", metavar="N",
+    parser.add_argument("--denoising-steps", type=positive_int, nargs="+", metavar="N",
                         help="instead: re-plan p50 / p95 of the diffusion and flow heads at each of these "
                              "numbers of denoising steps (evaluate.py --inference-steps)")
     parser.add_argument("--denoisers", nargs="+", choices=DENOISER_KINDS, default=(),

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from action_head import HEADS
 from benchmarks.memory import training_step
 from core.device import cpu_description, resolve_precision
-from core.errors import ArgumentParser, run_main
+from core.errors import ArgumentParser, positive_int, run_main
 from core.keys import TASK
 from data.synthetic import synthetic_batch, unit_normalizer_stats
 from experiment.config import Config, head_overrides, load_config
@@ -142,9 +142,9 @@ def throughput_table(config_path: str, overrides: list[str], heads: list[str], p
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_config_arguments()
-    parser.add_argument("--heads", nargs="*", default=HEADS.names())
-    parser.add_argument("--precisions", nargs="*", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--steps", type=int, default=6, help="timed training steps per measurement")
+    parser.add_argument("--heads", nargs="+", default=HEADS.names())
+    parser.add_argument("--precisions", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--steps", type=positive_int, default=6, help="timed training steps per measurement")
     parser.add_argument("--profile", action="store_true", help="also profile the first head in bf16")
     args = parser.parse_args()
     print(f"{args.config}, {torch.get_num_threads()} threads, {cpu_description()}")

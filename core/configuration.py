@@ -146,7 +146,7 @@ def from_dict(cls: type[C], data: dict, path: str = "") -> C:
     try:
         return cls(**kwargs)
     except ConfigError as error:
-        if path and str(error).startswith(f"{path}."):  # the message already names the key
+        if not path or str(error).startswith(f"{path}."):  # the message already names the key
             raise
         raise ConfigError(f"{path or cls.__name__}: {error}") from None
     except TypeError as error:  # a required field was not given

@@ -52,6 +52,13 @@ def run_main(main: Callable[[], None]) -> None:
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as a UserError (one line) instead of usage plus message."""
 
+    def __init__(self, *args, **kwargs):
+        # Under ``python -m pkg.module`` argparse would say "module.py"; name what the user ran instead.
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if "prog" not in kwargs and spec is not None:
+            kwargs["prog"] = f"python -m {spec.name.removesuffix('.__main__')}"
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see {self.prog} --help)")
 

@@ -14,5 +14,6 @@ class EvalConfig:
     videos: int = doc_field(2, "episodes recorded as video")
 
     def __post_init__(self):
-        if self.episodes < 1 or self.n_envs < 1 or self.val_episodes < 0 or self.videos < 0 or self.every < 0:
-            raise ConfigError("eval: episodes and n_envs must be >= 1; val_episodes, videos, every >= 0")
+        for key, least in (("episodes", 1), ("n_envs", 1), ("val_episodes", 0), ("videos", 0), ("every", 0)):
+            if getattr(self, key) < least:
+                raise ConfigError(f"eval.{key} must be >= {least}, got {getattr(self, key)}")

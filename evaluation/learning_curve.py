@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from core.errors import ArgumentParser, MissingResourceError, run_main
+from core.errors import ArgumentParser, DamagedFileError, MissingResourceError, run_main
 from envs.pusht import PushT
 
 if TYPE_CHECKING:  # matplotlib is imported when a plot is asked for
@@ -27,13 +27,43 @@ PUSHT_ANCHORS = [("LeRobot diffusion (GPU)", 12.8e6, 0.654, 0.955, "black"),
                  ("VLA-0 SmolVLM2 (pretrained 0.5B VLM)", 0.48e6, 0.781, None, "grey")]
 
 
-def learning_curve(run_dir: Path, tag: str = "val/success_rate") -> list[tuple[int, float, float]]:
-    """(step, minutes since the first logged scalar, value) for each logged point of ``tag`` ([] if none)."""
+def run_config(run_dir: Path) -> dict:
+    """A run folder's config.yaml as train.py wrote it (the keys read here checked); a one-line error else."""
+    if not run_dir.is_dir():
+        raise MissingResourceError(f"{run_dir} does not exist or is not a folder; pass a run folder train.py wrote "
+                                   "(runs/NAME)")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise MissingResourceError(f"{run_dir} is not a run folder (no config.yaml); pass the folder train.py wrote "
+                                   "(runs/NAME), not a checkpoint inside it")
+    try:
+        config = yaml.safe_load(path.read_text())
+        if not isinstance(config["train"]["batch_size"], int) or not isinstance(config["env"]["name"], str):
+            raise TypeError("train.batch_size or env.name has the wrong type")  # what the curves read
+    except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as error:
+        raise DamagedFileError(f"{path} is not a config train.py wrote ({type(error).__name__}: {error}); "
+                               "restore it from the run's checkpoints/*/config.json") from None
+    return config
+
+
+def _events(run_dir: Path) -> EventAccumulator | None:
     if not (run_dir / "tb").is_dir():  # a run folder deleted after its results were kept
-        return []
+        return None
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
-    if tag not in events.Tags()["scalars"]:
+    return events
+
+
+def scalar_tags(run_dir: Path) -> list[str]:
+    """The scalar tags a run's TensorBoard log holds ([] without a log)."""
+    events = _events(run_dir)
+    return sorted(events.Tags()["scalars"]) if events else []
+
+
+def learning_curve(run_dir: Path, tag: str = "val/success_rate") -> list[tuple[int, float, float]]:
+    """(step, minutes since the first logged scalar, value) for each logged point of ``tag`` ([] if none)."""
+    events = _events(run_dir)
+    if events is None or tag not in events.Tags()["scalars"]:
         return []
     start = min(e.wall_time for t in events.Tags()["scalars"] for e in events.Scalars(t))
     return [(e.step, (e.wall_time - start) / 60, e.value) for e in events.Scalars(tag)]
@@ -66,7 +96,7 @@ def plot_runs(runs: list[Path], png: Path, labels: list[str] | None = None) -> "
     fig, axes = plt.subplots(len(rows), 2, figsize=(12, 4 * len(rows) + 0.5), sharey="row", squeeze=False)
     pusht = False
     for i, run in enumerate(runs):
-        config = yaml.safe_load((run / "config.yaml").read_text())
+        config = run_config(run)
         batch = config["train"]["batch_size"]
         pusht = pusht or config["env"]["name"] == PushT.name  # its anchors go on the axes
         minutes = training_minutes(run)
@@ -125,19 +155,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.labels and len(args.labels) != len(args.run_dirs):
         parser.error(f"--labels: {len(args.labels)} labels for {len(args.run_dirs)} runs")
-    for run in args.run_dirs:
-        if not (run / "config.yaml").is_file():
-            raise MissingResourceError(f"{run} is not a run folder (no config.yaml)")
+    configs = [run_config(run) for run in args.run_dirs]  # every folder checked before any work
     if args.plot:
         plot_runs(args.run_dirs, args.plot, args.labels)
         print(f"plot: {args.plot}")
         return
-    for run in args.run_dirs:
+    for run, config in zip(args.run_dirs, configs):
         curve = learning_curve(run, args.tag)
         if not curve:
-            raise MissingResourceError(f"{run}: no '{args.tag}' in the TensorBoard log")
+            tags = [t for t in scalar_tags(run) if t.startswith("val/")]
+            raise MissingResourceError(f"{run}: no '{args.tag}' in the TensorBoard log; its validation tags: "
+                                       f"{', '.join(tags) or 'none (eval.every=0 logs no validation curve)'}")
         minutes = training_minutes(run)
-        batch = yaml.safe_load((run / "config.yaml").read_text())["train"]["batch_size"]
+        batch = config["train"]["batch_size"]
         print(f"{run}\n| step | samples | training minutes | {args.tag} |\n|---|---|---|---|")
         for step, wall, value in curve:
             print(f"| {step} | {step * batch:,} | {minutes.get(step, wall):.1f} | {value:.3f} |")

@@ -92,6 +92,8 @@ class Config(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 <= self.seed < 2**31:
+            raise ConfigError(f"seed must be in [0, 2**31), got {self.seed}")
         if self.policy.aux_state_weight > 0 and not benchmark(self.env.name).privileged_dim:
             raise ConfigError(f"policy.aux_state_weight: {self.env.name} datasets record no simulator state; "
                               "set it to 0")

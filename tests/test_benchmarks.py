@@ -155,6 +155,35 @@ def test_learning_curve_plot_without_a_validation_curve_is_refused(tmp_path):
     assert not (tmp_path / "curve.png").exists()
 
 
+@pytest.mark.parametrize("case,expected", [
+    ("missing", "does not exist or is not a folder"),
+    ("checkpoint", "is not a run folder (no config.yaml)"),
+    ("config_list", "is not a config train.py wrote"),
+    ("config_syntax", "is not a config train.py wrote"),
+    ("no_such_tag", "no 'val/success_rate' in the TensorBoard log; its validation tags: val/score"),
+    ("no_curve", "none (eval.every=0 logs no validation curve)"),
+])
+def test_learning_curve_refuses_what_is_not_a_run_in_one_line(tmp_path, monkeypatch, capsys, case, expected):
+    from core.errors import EXIT_USER_ERROR, run_main
+    from evaluation import learning_curve
+
+    run = tmp_path / "run"
+    if case == "checkpoint":
+        (run / "checkpoints" / "best").mkdir(parents=True)
+        run = run / "checkpoints" / "best"
+    elif case in ("config_list", "config_syntax"):
+        _run_folder(run, "metaworld", {"val/success_rate": [(100, 0.5)]})
+        (run / "config.yaml").write_text("- a\n" if case == "config_list" else "train: [1,\n")
+    elif case in ("no_such_tag", "no_curve"):
+        _run_folder(run, "pusht", {"val/score": [(100, 0.5)]} if case == "no_such_tag" else {"train/loss": [(1, 1.0)]})
+    monkeypatch.setattr("sys.argv", ["learning_curve", str(run)])
+    with pytest.raises(SystemExit) as exit_:
+        run_main(learning_curve.main)
+    assert exit_.value.code == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+
+
 def test_gpu_check_runs_on_the_cpu_as_a_smoke_run(tiny_text_model):
     """The GPU check's measurement loop, on the CPU (no memory numbers there): every field is filled."""
     from benchmarks.gpu_check import check

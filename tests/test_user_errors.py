@@ -170,9 +170,12 @@ def cases(f: dict[str, str]) -> list[tuple[str, str, list[str], str]]:
         train_set("policy.n_action_steps=20", expect="policy.n_action_steps=20 must be in"),
         train_set("policy.chunk_size=0", expect="policy.chunk_size"),
         train_set("policy.state_dropout=1.5", expect="policy.state_dropout must be in [0, 1)"),
-        train_set("eval.n_envs=0", expect="eval: episodes and n_envs must be >= 1"),
+        train_set("eval.n_envs=0", expect="eval.n_envs must be >= 1, got 0"),
+        train_set("eval.val_episodes=-1", expect="eval.val_episodes must be >= 0, got -1"),
         train_set("data.episodes_per_task=0", expect="data.episodes_per_task must be >= 1"),
         train_set("seed=abc", expect="seed: expected an integer"),
+        train_set("seed=100000000000000000000", expect="seed must be in [0, 2**31), got 100000000000000000000"),
+        train_set("seed=-1", expect="seed must be in [0, 2**31), got -1"),
         train_set("device=tpu", expect="device 'tpu'"),
         # -- overrides and flags --------------------------------------------------------------
         train_set("env.tasks=[1,", expect="override 'env.tasks=[1,': the value is not valid YAML"),
@@ -184,6 +187,8 @@ def cases(f: dict[str, str]) -> list[tuple[str, str, list[str], str]]:
         ("neither --config nor --resume", "train.py", [], "exactly one of --config or --resume"),
         ("unknown flag", "train.py", [*state, "--lr", "3"], "unrecognized arguments: --lr"),
         ("--stop-after 0", "train.py", [*state, "--stop-after", "0"], "--stop-after must be at least 1"),
+        ("--run-dir is a file", "train.py", [*state, "--set", *tiny, "--run-dir", f["list.yaml"]],
+         "list.yaml is a file, not a folder"),
         # -- missing models and data (all before any long work) -------------------------------
         train_set("text.model_name=/nonexistent/model", name="text model directory missing",
                   expect="text.model_name: directory /nonexistent/model does not exist"),
@@ -210,6 +215,8 @@ def cases(f: dict[str, str]) -> list[tuple[str, str, list[str], str]]:
         ("resume truncated weights", "train.py", ["--resume", f["weights_truncated"]], "model.safetensors"),
         ("resume garbage config.json", "train.py", ["--resume", f["config_garbage"]], "config.json is damaged"),
         ("resume config.json without config", "train.py", ["--resume", f["config_wrong"]], "config.json"),
+        ("resume a folder that is no run", "train.py", ["--resume", f["empty_runs"]],
+         "no checkpoints/latest in it; pass the run folder train.py wrote"),
         ("resume without config.json", "train.py", ["--resume", f["config_missing"]],
          "is not an EasyVLA checkpoint"),
         # -- evaluate.py ----------------------------------------------------------------------
@@ -251,6 +258,8 @@ def cases(f: dict[str, str]) -> list[tuple[str, str, list[str], str]]:
          "seed"),
         ("ablate report of nothing", "ablate.py", ["--config", PUSHT_STATE, "--grid", "seed=0,1", "--out",
                                                    f["tmp"] + "/ablation", "--report-only"], "no finished cells"),
+        ("ablate --out is a file", "ablate.py", ["--config", PUSHT_STATE, "--grid", "seed=0,1", "--out",
+                                                 f["list.yaml"]], "list.yaml is a file, not a folder"),
         ("ablate missing config", "ablate.py", ["--config", f["tmp"] + "/nope.yaml", "--grid", "seed=0,1", "--out",
                                                 f["tmp"] + "/ablation2"], "nope.yaml does not exist"),
     ]
@@ -277,6 +286,11 @@ def assert_one_error_line(result: dict, expected: str) -> None:
     errors = [line for line in result["stderr"].splitlines() if line.startswith("error:")]
     assert len(errors) == 1, output
     assert expected in errors[0], errors[0]
+
+
+def test_a_report_of_nothing_prints_only_its_error_line(results):
+    """No progress bar over cells that --report-only does not run: stderr is the one error line."""
+    assert results["ablate report of nothing"]["stderr"].count("\n") == 1
 
 
 def test_there_are_at_least_sixty_cases(files):
