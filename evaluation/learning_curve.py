@@ -42,7 +42,7 @@ def run_config(run_dir: Path) -> dict:
             raise TypeError("train.batch_size or env.name has the wrong type")  # what the curves read
     except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as error:
         raise DamagedFileError(f"{path} is not a config train.py wrote ({type(error).__name__}: {error}); "
-                               "restore it from the run's checkpoints/*/config.json") from None
+                               "restore it (checkpoints/latest/config.json holds the same config, under 'config')") from None
     return config
 
 
