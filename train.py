@@ -83,8 +83,8 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
     if not run_dir.is_dir():
         raise MissingResourceError(f"--resume {run_dir}: no such run directory")
     latest = run_dir / "checkpoints" / "latest"
-    if not latest.is_dir():
-        raise MissingResourceError(f"--resume {run_dir}: no checkpoints/latest in it; pass the run folder train.py "
+    if not latest.parent.is_dir():  # (a crash between a save's renames leaves no 'latest': read_meta recovers it)
+        raise MissingResourceError(f"--resume {run_dir}: no checkpoints folder in it; pass the run folder train.py "
                                    "wrote (runs/NAME), or start a new run with --config")
     config = checkpoint_config(latest)
     if not overrides:

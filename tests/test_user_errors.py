@@ -216,7 +216,7 @@ def cases(f: dict[str, str]) -> list[tuple[str, str, list[str], str]]:
         ("resume garbage config.json", "train.py", ["--resume", f["config_garbage"]], "config.json is damaged"),
         ("resume config.json without config", "train.py", ["--resume", f["config_wrong"]], "config.json"),
         ("resume a folder that is no run", "train.py", ["--resume", f["empty_runs"]],
-         "no checkpoints/latest in it; pass the run folder train.py wrote"),
+         "no checkpoints folder in it; pass the run folder train.py wrote"),
         ("resume without config.json", "train.py", ["--resume", f["config_missing"]],
          "is not an EasyVLA checkpoint"),
         # -- evaluate.py ----------------------------------------------------------------------
