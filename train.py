@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from core.allocator import keep_freed_memory
 from core.configuration import ConfigError, apply_overrides, describe, from_dict, to_dict
 from core.device import autocast_for, device_name, precision_note, resolve_device, resolve_precision
 from core.distributed import DistInfo, barrier, broadcast_object, init_distributed, replica_max_difference, shutdown
@@ -285,6 +286,7 @@ def main() -> None:
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"--run-dir {run_dir} is a file, not a folder; name a new or existing run folder")
     info, device = init_distributed(resolve_device(config.device))
+    keep_freed_memory()  # a step's blocks are reused, not page-faulted in again every step
     try:
         train(args, config, broadcast_object(run_dir, info), device, info)
     finally:

@@ -70,20 +70,32 @@ def _small_init(layer: nn.Conv1d | nn.Linear, scale: float = 0.1) -> None:
 
 
 class Conv1d(nn.Conv1d):
-    """``nn.Conv1d`` that, without gradients at batch <= ``MATMUL_MAX_BATCH``, runs as one matmul over
-    unfolded windows: the same result, the same weights and state-dict keys.
+    """``nn.Conv1d`` that runs as one matmul over unfolded windows where that is faster than the
+    library convolution: the same result, the same weights and state-dict keys.
 
-    Why: at batch 1 (a robot re-planning) oneDNN's convolution on the U-Net's wide, short layers is
-    slow, e.g. 256 -> 256 channels, kernel 5, length 4: 0.41 ms, against 0.085 ms as a matmul (one CPU
-    thread; 0.23 vs 0.20 ms at batch 5, and the library conv wins from batch 10 and in training, where
-    unfold's backward is a scatter). ``python -m benchmarks.latency`` shows the re-plan it buys.
+    Where: without gradients at batch <= ``MATMUL_MAX_BATCH`` (a robot re-planning), and in training
+    under bf16 autocast on a CPU. Why: oneDNN's convolution on the U-Net's wide, short layers is slow
+    at batch 1, e.g. 256 -> 256 channels, kernel 5, length 4: 0.41 ms, against 0.085 ms as a matmul
+    (one CPU thread; 0.23 vs 0.20 ms at batch 5, and the library conv wins from batch 10). In bf16
+    training its backward is the slow part (five times its forward on a Xeon with AMX), while the
+    matmul's backward runs on the bf16 matrix units: the reach diffusion step 405 -> 386 ms (batch 64,
+    2 threads, one process, round-robin). In fp32 training the library conv stays faster (611 vs 633
+    ms). ``python -m benchmarks.latency`` shows the re-plan it buys.
     """
 
     MATMUL_MAX_BATCH = 4
 
+    def _as_matmul(self, x: torch.Tensor) -> bool:
+        if (_plain or self.groups != 1 or self.dilation != (1,) or self.padding_mode != "zeros"
+                or isinstance(self.padding, str)):
+            return False
+        if torch.is_grad_enabled():
+            return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                    and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return x.shape[0] <= self.MATMUL_MAX_BATCH
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (_plain or torch.is_grad_enabled() or x.shape[0] > self.MATMUL_MAX_BATCH or self.groups != 1
-                or self.dilation != (1,) or self.padding_mode != "zeros" or isinstance(self.padding, str)):
+        if not self._as_matmul(x):
             return super().forward(x)
         (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
         windows = F.pad(x, (pad, pad)).unfold(2, k, stride)  # (B, C_in, L_out, k)

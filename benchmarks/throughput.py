@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from action_head import HEADS
 from benchmarks.memory import training_step
+from core.allocator import keep_freed_memory
 from core.device import cpu_description, resolve_precision
 from core.errors import ArgumentParser, positive_int, run_main
 from core.keys import TASK
@@ -59,6 +60,7 @@ def matmul_peak(precision: str, repeats: int = 7, shapes: tuple = PEAK_SHAPES) -
 
 
 def build(config: Config):
+    keep_freed_memory()  # as train.py does
     torch.manual_seed(config.seed)
     features = config.features
     policy = build_policy(config.model, features)

@@ -127,7 +127,9 @@ class VisionEncoder(nn.Module):
         pool = resnet.maxpool
         resnet.maxpool = MaxPool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation,
                                    ceil_mode=pool.ceil_mode)
-        stages = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        # The ReLU after the max-pool, not before: the two commute exactly (max and ReLU are both
+        # monotone), values and gradients alike, and the ReLU then sees a quarter of the pixels.
+        stages = ["conv1", "bn1", "maxpool", "relu", "layer1", "layer2", "layer3", "layer4"]
         stages = stages[: stages.index(config.feature_layer) + 1]
         self.trunk = nn.Sequential(*[getattr(resnet, name) for name in stages])
         channels, stride = _STAGES[config.feature_layer]

@@ -41,17 +41,41 @@ def test_matmul_convolution_equals_the_library_convolution(kernel, stride, paddi
     assert torch.allclose(got, expected, atol=1e-6)
 
 
-def test_matmul_convolution_is_taken_only_without_gradients_at_small_batch(monkeypatch):
+def test_matmul_convolution_is_taken_without_gradients_at_small_batch_and_in_cpu_bf16_training(monkeypatch):
     conv = Conv1d(4, 4, 3, padding=1)
     calls = []
     monkeypatch.setattr(F, "linear", lambda *args: calls.append(1) or torch.zeros(1, 4, 4))
     with torch.no_grad():
         conv(torch.randn(1, 4, 4))
     assert calls == [1]
-    conv(torch.randn(1, 4, 4))  # gradients on: the library convolution
+    conv(torch.randn(1, 4, 4))  # gradients on, fp32: the library convolution
     with torch.no_grad():
         conv(torch.randn(Conv1d.MATMUL_MAX_BATCH + 1, 4, 4))
     assert calls == [1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(torch.randn(8, 4, 4))  # bf16 training on a CPU: the matmul
+    assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(5, 1, 2), (3, 2, 1), (1, 1, 0)])
+def test_matmul_convolution_in_bf16_training_gives_the_library_gradients(kernel, stride, padding):
+    """Under CPU bf16 autocast with gradients the matmul path runs: the library's outputs and gradients
+    up to bf16 rounding (both multiply bf16 operands and accumulate in fp32)."""
+    torch.manual_seed(0)
+    reference = nn.Conv1d(32, 16, kernel, stride=stride, padding=padding)
+    fast = Conv1d(32, 16, kernel, stride=stride, padding=padding)
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(16, 32, 12)
+    results = []
+    for conv in (reference, fast):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(xi)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append((y.float(), xi.grad, conv.weight.grad, conv.bias.grad))
+    for got, expected in zip(results[1], results[0]):
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
 
 
 def test_film_split_into_time_and_condition_equals_the_concatenated_film():

@@ -68,6 +68,25 @@ def test_inference_max_pool_equals_the_library_pool(channels_last):
     assert any(isinstance(m, MaxPool2d) for m in VisionEncoder(VisionConfig(), 32, (32, 32), 1).modules())
 
 
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_stem_relu_after_the_pool_is_torchvisions_stem_exactly(norm):
+    """The stem runs conv, norm, max-pool, ReLU (cheaper) instead of torchvision's conv, norm, ReLU,
+    max-pool: the same features and the same gradients, bit for bit."""
+    encoder = vision(norm=norm, feature_layer="layer2")
+    conv, norm_layer, pool, relu, *rest = encoder.trunk
+    assert isinstance(pool, torch.nn.MaxPool2d) and isinstance(relu, torch.nn.ReLU)
+    reference = torch.nn.Sequential(conv, norm_layer, torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1), *rest)
+    images = torch.randn(4, 3, 64, 96)
+    grads = []
+    for trunk in (encoder.trunk, reference):
+        features = trunk(images)
+        (features * torch.linspace(-1, 1, features.numel()).view_as(features)).sum().backward()
+        grads.append((features.detach(), conv.weight.grad.clone()))
+        conv.weight.grad = None
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.equal(grads[0][1], grads[1][1])
+
+
 def test_vision_rejects_wrong_shapes():
     with pytest.raises(ValueError, match="must be"):
         vision()(torch.zeros(1, 3, 3, 64, 96, dtype=torch.uint8))
