@@ -3,8 +3,8 @@
     python -m benchmarks [--set text.model_name=PATH] [--out results/benchmarks.md] [--quick]
 
 1. Training throughput per head and precision on the Meta-World reach config, with the fraction of
-   this machine's matmul peak measured in the same run, and a profile of the bf16 step (fp32 only on
-   a CPU that emulates bf16).
+   this machine's matmul peak measured in the same run, a profile of the bf16 step (fp32 only on
+   a CPU that emulates bf16), and what fraction of the peak each convolution and linear layer reaches.
 2. ``select_action`` latency at batch 1 per head and inference precision, against 80 Hz (Meta-World)
    and 10 Hz (PushT); the diffusion and flow re-plans against their number of denoising steps, with
    and without the U-Net's fast path, per denoiser (U-Net, MLP, residual MLP), and eager against compiled.
@@ -21,7 +21,7 @@ import torch
 
 from action_head import HEADS
 from action_head.denoisers import DENOISER_KINDS
-from benchmarks import latency, memory, scaling, throughput
+from benchmarks import kernels, latency, memory, scaling, throughput
 from core.device import cpu_description, native_bf16
 from core.errors import ArgumentParser, run_main
 from experiment.config import load_config
@@ -74,6 +74,9 @@ def main() -> None:
     config = load_config(REACH, [*args.set, f"action_head.type={heads[0]}", f"train.precision={profiled}"])
     section(f"Where a {profiled} training step's time goes ({heads[0]} head, 3 steps, top operators by self time)",
             f"```\n{throughput.profile_step(config)}\n```")
+    section(f"The convolution and linear layers against the {profiled} matmul peak ({heads[0]} head, costliest "
+            "first; `python -m benchmarks.kernels`)",
+            kernels.kernel_report(config, top=12, repeats=2 if args.quick else 5))
     for path in LATENCY_CONFIGS:
         for precision in inference_precisions:
             section(f"select_action latency at batch 1 ({path}, {precision} inference)",

@@ -89,6 +89,31 @@ def test_matmul_peak_is_a_plausible_rate():
     assert 1e8 < peak < 1e13  # 0.1 GFLOP/s .. 10 TFLOP/s on any CPU this runs on
 
 
+def test_kernel_report_times_each_layer_with_its_training_input(tiny_text_model):
+    """benchmarks.kernels records each convolution and linear call of a training forward and times the
+    layer on an input of the recorded shape: the stem convolution's FLOPs are the analytic count."""
+    from benchmarks.kernels import kernel_report, record_calls, time_layer
+    from benchmarks.throughput import build
+
+    config = small_config(tiny_text_model, "diffusion", ["train.batch_size=2"])
+    policy, _, batch = build(config)
+    calls = record_calls(policy, batch, "fp32")
+    modules = {name for name, m in policy.named_modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d,
+                                                                              torch.nn.Linear))}
+    called = {call.name for call in calls}
+    assert "vision.trunk.0" in called and "head.denoiser.final.1" in called
+    assert called <= modules
+    stem = next(call for call in calls if call.name == "vision.trunk.0")
+    n_images = 2 * config.policy.n_obs_steps * len(config.features.cameras)
+    assert stem.shape == (n_images, 3, 32, 32)
+    timing = time_layer(stem, 1, "fp32", repeats=1)
+    assert timing.forward_flops == 2 * n_images * 64 * 16 * 16 * 3 * 7 * 7  # stride 2: 16x16 outputs
+    assert timing.train_flops > 2 * timing.forward_flops  # + the weights' and the input's gradients
+    assert timing.forward_s > 0 and timing.train_s > timing.forward_s / 2
+    report = kernel_report(config, top=3, repeats=1)
+    assert report.count("| ") >= 3 + 2 and "of the measured step" in report
+
+
 def _run_folder(path: Path, env: str, scalars: dict[str, list[tuple[int, float]]], final: dict | None = None
                 ) -> Path:
     """A run folder as train.py leaves it, for the learning-curve tests: config.yaml, a TensorBoard log of
@@ -366,9 +391,11 @@ def test_benchmarks_skip_bf16_where_the_cpu_emulates_it(monkeypatch, capsys, nat
     import sys
 
     from benchmarks import __main__ as bench
-    from benchmarks import latency, memory, scaling, throughput
+    from benchmarks import kernels, latency, memory, scaling, throughput
 
     asked = []
+    monkeypatch.setattr(kernels, "kernel_report", lambda config, top, repeats:
+                        asked.append(("kernels", config.train.precision)) or "table")
     monkeypatch.setattr(bench, "native_bf16", lambda device: native)
     monkeypatch.setattr(throughput, "throughput_table", lambda path, sets, heads, precisions, steps:
                         asked.append(("train", *precisions)) or "table")
@@ -387,6 +414,7 @@ def test_benchmarks_skip_bf16_where_the_cpu_emulates_it(monkeypatch, capsys, nat
     precisions = {precision for _, *ps in asked for precision in ps}
     assert precisions == ({"fp32", "bf16"} if native else {"fp32"})
     assert ("profile", "bf16" if native else "fp32") in asked
+    assert ("kernels", "bf16" if native else "fp32") in asked
     assert ("This CPU emulates bf16" in capsys.readouterr().out) is not native
 
 
