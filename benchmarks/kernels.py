@@ -36,12 +36,13 @@ class LayerCall:
     shape: tuple[int, ...]
     dtype: torch.dtype
     channels_last: bool
+    input_grad: bool  # whether training needs the input's gradient (not for the images)
 
     @property
     def key(self) -> tuple:  # calls that cost the same: one module type, weight shape, input
         m = self.module
         return (type(m), tuple(m.weight.shape), getattr(m, "stride", None), getattr(m, "padding", None),
-                self.shape, self.dtype, self.channels_last)
+                self.shape, self.dtype, self.channels_last, self.input_grad)
 
 
 def record_calls(policy: nn.Module, batch: dict, precision: str) -> list[LayerCall]:
@@ -52,7 +53,8 @@ def record_calls(policy: nn.Module, batch: dict, precision: str) -> list[LayerCa
             def hook(mod, inputs, _output, name=name):
                 x = inputs[0]
                 calls.append(LayerCall(name, mod, tuple(x.shape), x.dtype,
-                                       x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)))
+                                       x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last),
+                                       x.requires_grad))
             hooks.append(module.register_forward_hook(hook))
     try:
         with autocast_for(precision, torch.device("cpu")):
@@ -92,7 +94,7 @@ def time_layer(call: LayerCall, count: int, precision: str, repeats: int) -> Lay
     x = torch.randn(call.shape, dtype=call.dtype)
     if call.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
+    x.requires_grad_(call.input_grad)
     params = [p for p in call.module.parameters() if p.requires_grad]
     autocast = autocast_for(precision, torch.device("cpu"))
 
@@ -103,7 +105,8 @@ def time_layer(call: LayerCall, count: int, precision: str, repeats: int) -> Lay
     def train() -> None:
         with autocast:
             y = call.module(x)
-        y.backward(torch.ones_like(y))
+        if y.requires_grad:  # not for a frozen layer on the images
+            y.backward(torch.ones_like(y))
         for tensor in (x, *params):
             tensor.grad = None
 

@@ -105,10 +105,13 @@ def test_kernel_report_times_each_layer_with_its_training_input(tiny_text_model)
     assert called <= modules
     stem = next(call for call in calls if call.name == "vision.trunk.0")
     n_images = 2 * config.policy.n_obs_steps * len(config.features.cameras)
-    assert stem.shape == (n_images, 3, 32, 32)
+    assert stem.shape == (n_images, 3, 32, 32) and not stem.input_grad  # images take no gradient
     timing = time_layer(stem, 1, "fp32", repeats=1)
     assert timing.forward_flops == 2 * n_images * 64 * 16 * 16 * 3 * 7 * 7  # stride 2: 16x16 outputs
-    assert timing.train_flops > 2 * timing.forward_flops  # + the weights' and the input's gradients
+    assert timing.train_flops == 2 * timing.forward_flops  # + the weights' gradient only
+    inner = next(call for call in calls if call.name == "vision.trunk.4.0.conv1")
+    assert inner.input_grad and time_layer(inner, 1, "fp32", repeats=1).train_flops == 3 * (
+        2 * n_images * 64 * 8 * 8 * 64 * 3 * 3)  # forward, the input's and the weights' gradients
     assert timing.forward_s > 0 and timing.train_s > timing.forward_s / 2
     report = kernel_report(config, top=3, repeats=1)
     assert report.count("| ") >= 3 + 2 and "of the measured step" in report
