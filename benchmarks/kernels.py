@@ -4,8 +4,9 @@
 
 One training forward at the config's batch size records every ``Conv1d``, ``Conv2d`` and ``Linear``
 call (its input's shape, dtype and memory layout). Each distinct layer is then timed alone, as it runs
-in training: its forward, and forward plus backward (the input's and the weights' gradients), under the
-training precision's autocast, with FLOPs counted by ``torch.utils.flop_counter``. The report gives
+in training: its forward, and forward plus backward (the weights' gradients, and the input's where
+training computes it: not for the images), under the training precision's autocast, with FLOPs
+counted by ``torch.utils.flop_counter``. The report gives
 GFLOP/s and the fraction of the matmul peak measured in the same run (``benchmarks.throughput``), per
 layer and in total, and how much of a measured training step these layers take: what is left is
 normalization, activations, copies, attention and the optimizer. Attention's projections run inside
